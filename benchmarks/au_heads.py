@@ -1,0 +1,232 @@
+"""AU heads side by side on the synthetic AU set, from one (pretrained) encoder, with the same budget.
+
+    python benchmarks/au_heads.py                                   # demo release if present, fold 1, CPU
+    python benchmarks/au_heads.py --encoder output/pretrain/demo/release --folds 1 2 3 --epochs 60 --json out.json
+    python benchmarks/au_heads.py --encoder none                    # random-init encoder
+
+Protocol (frozen encoder, "linear / attentive probing"): the encoder (a release, or random init) is frozen; its
+tokens are computed once for every training window (one clip centred on every ``--train-stride``-th labelled frame
+of each training video) and every test frame (the clip centred on it), the same windows for every head. Each head
+then trains for ``--epochs`` epochs of AdamW (lr ``--lr``, batch ``--batch-size``) on those tokens with its own
+loss (linear / label_token: masked inverse-frequency BCE (U1/U3); fantrans_okd: OKD; monet: mixture NLL), all with
+the prior-bias init (U2) and the fold's training occurrence rates. Reported per head: test mean F1 over the 9 AUs at
+0.5 (frame-wise, and with the moving mean of ``--smooth-window`` frames), trainable parameters, and inference ms
+per clip (encoder + head, batch 1, median of ``--timing-runs``). Heads: ``linear`` = LayerNorm + Linear on the
+mean-pooled local tokens (the pooled-feature baseline), ``label_token`` (§5), ``fantrans_okd`` (§4), ``monet`` (§6).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lgiformer.au import build_au_head  # noqa: E402
+from lgiformer.engine.finetune_au import (AUFrameWindows, au_metrics, build_loss, head_kwargs,  # noqa: E402
+                                          split_by_subject, training_rates)
+
+HEADS = ("linear", "label_token", "fantrans_okd", "monet")
+DEMO_RELEASE = "output/pretrain/demo/release"
+# Head sizes for a small encoder (C = 128): d = C for the token heads, 2 decoder layers / 2 FAN-Trans blocks.
+HEAD_ARGS = {"linear": {}, "label_token": {"dim": 128, "depth": 2, "num_heads": 4},
+             "fantrans_okd": {"dim": 128, "depth": 2, "num_heads": 2},
+             "monet": {"hidden": 64, "num_orders": 64, "keep_orders": 16, "mean_field": True}}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--encoder", default="auto", help="release dir / checkpoint, 'none' (random), 'auto' (the demo "
+                                                      "release when present, else random)")
+    p.add_argument("--data-root", default="data/synthetic")
+    p.add_argument("--synthetic", default="clips_per_class_per_subject=4",
+                   help="generator options (k=v,...) when the set must be generated; the demo's by default")
+    p.add_argument("--heads", nargs="+", default=list(HEADS), choices=HEADS)
+    p.add_argument("--folds", nargs="+", type=int, default=[1])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--sampling-rate", type=int, default=2)
+    p.add_argument("--train-stride", type=int, default=1, help="training windows every N labelled frames")
+    p.add_argument("--smooth-window", type=int, default=5)
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--timing-runs", type=int, default=20)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--img-size", type=int, default=96, help="random-init encoder only (a release fixes it)")
+    p.add_argument("--num-frames", type=int, default=8, help="random-init encoder only")
+    p.add_argument("--json", default="", help="also write the results as JSON ('-': stdout only)")
+    return p.parse_args(argv)
+
+
+def build_encoder(source: str, img_size: int, num_frames: int):
+    from lgiformer.tasks.build import build_classifier
+
+    if source == "auto":
+        source = DEMO_RELEASE if Path(DEMO_RELEASE, "model.safetensors").is_file() else "none"
+    kwargs = dict(img_size=img_size, num_frames=num_frames, region_size=[2, 3, 6], embed_dim=128, depth=4,
+                  num_heads=4)
+    enc, report = build_classifier("lgiformer_tiny_patch16_160", 0, None if source == "none" else source,
+                                   global_pool="", **kwargs)
+    return enc.eval().requires_grad_(False), source, report
+
+
+@torch.no_grad()
+def encode(encoder, dataset, device, batch_size: int = 16) -> torch.Tensor:
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    out = [encoder.forward_features(b[0].to(device)).cpu() for b in loader]
+    return torch.cat(out)
+
+
+def labels_of(dataset):
+    y = torch.stack([torch.from_numpy(dataset.videos[vi].labels[p]) for vi, p in dataset.items])
+    v = torch.stack([torch.from_numpy(dataset.videos[vi].valid[p]) for vi, p in dataset.items])
+    return y, v
+
+
+def train_head(name, tokens, y, v, rates, encoder, args, seed, device):
+    from types import SimpleNamespace
+
+    torch.manual_seed(seed)
+    kw = head_kwargs(name, encoder, y.shape[1], False, HEAD_ARGS[name], rates)
+    head = build_au_head(name, **kw).to(device)
+    au = SimpleNamespace(loss="wbce", head=name, au_weighting="inverse_freq", target_transform="none",
+                         ls_convention="halved", loss_args={})
+    loss_fn, _ = build_loss(au, rates)
+    loss_fn = loss_fn.to(device)
+    opt = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    grid, ns = tuple(encoder.grid_size), int(encoder.num_prefix_tokens)
+    n = tokens.shape[0]
+    steps = args.epochs * max(1, n // args.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.1)
+    gen = torch.Generator().manual_seed(seed)
+    head.train()
+    for _ in range(args.epochs):
+        order = torch.randperm(n, generator=gen)
+        for s in range(0, n - args.batch_size + 1, args.batch_size):
+            idx = order[s:s + args.batch_size]
+            t, yy, vv = tokens[idx].to(device), y[idx].to(device).float(), v[idx].to(device).float()
+            extra = {"y": yy} if name == "monet" else {}
+            out = head(t, grid=grid, n_special=ns, **extra)
+            loss = loss_fn(out, yy, vv)["loss"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return head.eval()
+
+
+@torch.no_grad()
+def predict(head, tokens, encoder, device, batch_size=64):
+    grid, ns = tuple(encoder.grid_size), int(encoder.num_prefix_tokens)
+    probs = []
+    for s in range(0, tokens.shape[0], batch_size):
+        out = head(tokens[s:s + batch_size].to(device), grid=grid, n_special=ns)
+        probs.append((out["probs"] if "probs" in out else torch.sigmoid(out["logits"])).float().cpu())
+    return torch.cat(probs)
+
+
+@torch.no_grad()
+def time_per_clip(encoder, head, device, runs: int, img: int, frames: int) -> float:
+    clip = torch.randn(1, 3, frames, img, img, device=device)
+    grid, ns = tuple(encoder.grid_size), int(encoder.num_prefix_tokens)
+    times = []
+    for i in range(runs + 3):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        head(encoder.forward_features(clip), grid=grid, n_special=ns)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 3:
+            times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    from lgiformer.data import get_dataset_spec, read_au_csv
+    from lgiformer.data.synthetic import ensure_synthetic
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    opts = {}
+    for item in filter(None, args.synthetic.split(",")):
+        k, val = item.split("=")
+        opts[k.strip()] = int(val) if val.strip().isdigit() else val.strip()
+    ensure_synthetic(args.data_root, progress=False, **opts)
+    encoder, source, report = build_encoder(args.encoder, args.img_size, args.num_frames)
+    encoder.to(device)
+    margs = encoder.model_args
+    print(f"encoder: {source or 'random init'} ({report.format}: {len(report.loaded)} loaded, {len(report.new)} new); "
+          f"{margs['img_size']} px, {margs['num_frames']} frames, C {margs['embed_dim']}; device {device}",
+          file=sys.stderr)
+    spec = get_dataset_spec("synthetic_au")
+    results: dict = {h: {"folds": {}, "params": 0, "ms_per_clip": 0.0} for h in args.heads}
+    window = dict(num_frames=margs["num_frames"], sampling_rate=args.sampling_rate, img_size=margs["img_size"])
+    for fold in args.folds:
+        root = Path(args.data_root)
+        videos, names = read_au_csv(root / spec.lists["train"].format(fold=fold), root, au_names=spec.au_names)
+        test_videos, _ = read_au_csv(root / spec.lists["test"].format(fold=fold), root, au_names=names)
+        train_videos, _ = split_by_subject(videos, 0.0)
+        rates = training_rates(train_videos).clamp_min(1e-3)
+        train_set = AUFrameWindows(train_videos, frame_stride=args.train_stride, **window)
+        test_set = AUFrameWindows(test_videos, **window)
+        t0 = time.perf_counter()
+        tr_tokens, te_tokens = encode(encoder, train_set, device), encode(encoder, test_set, device)
+        print(f"fold {fold}: {len(train_set)} training windows, {len(test_set)} test frames encoded in "
+              f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        y, v = labels_of(train_set)
+        ty, tv = labels_of(test_set)
+        vids = [vi for vi, _ in test_set.items]
+        for name in args.heads:
+            runs = []
+            for seed in args.seeds:
+                t0 = time.perf_counter()
+                head = train_head(name, tr_tokens, y, v, rates, encoder, args, seed, device)
+                probs = predict(head, te_tokens, encoder, device)
+                m, _ = au_metrics(probs, ty, tv, vids, threshold=args.threshold, smooth_window=args.smooth_window,
+                                  au_names=names)
+                runs.append(dict(seed=seed, frame_f1=m["frame"]["mean_f1"],
+                                 smoothed_f1=m.get("smoothed", m["frame"])["mean_f1"],
+                                 per_au=m["frame"]["per_au"], train_s=time.perf_counter() - t0))
+                print(f"  {name:13s} fold {fold} seed {seed}: mean F1 {100 * runs[-1]['frame_f1']:.1f} "
+                      f"(smoothed {100 * runs[-1]['smoothed_f1']:.1f}) in {runs[-1]['train_s']:.0f} s",
+                      file=sys.stderr)
+            results[name]["folds"][fold] = runs
+            results[name]["params"] = sum(p.numel() for p in head.parameters() if p.requires_grad)
+            if not results[name]["ms_per_clip"]:
+                results[name]["ms_per_clip"] = time_per_clip(encoder, head, device, args.timing_runs,
+                                                             margs["img_size"], margs["num_frames"])
+    for name, r in results.items():
+        frame = [run["frame_f1"] for runs in r["folds"].values() for run in runs]
+        smooth = [run["smoothed_f1"] for runs in r["folds"].values() for run in runs]
+        r["mean_f1"], r["mean_f1_smoothed"] = float(np.mean(frame)), float(np.mean(smooth))
+        r["std_f1"] = float(np.std(frame))
+    summary = dict(encoder=source or "random", device=str(device), folds=args.folds, seeds=args.seeds,
+                   epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, smooth_window=args.smooth_window,
+                   threshold=args.threshold, protocol="frozen encoder, cached tokens", heads=results)
+    print(f"\nAU heads on synthetic_au (frozen encoder: {summary['encoder']}; folds {args.folds}, seeds {args.seeds}, "
+          f"{args.epochs} epochs each)")
+    print(f"{'head':14s} {'mean F1':>8s} {'± std':>6s} {'smoothed':>9s} {'trainable':>10s} {'ms/clip':>8s}")
+    for name, r in results.items():
+        print(f"{name:14s} {100 * r['mean_f1']:8.1f} {100 * r['std_f1']:6.1f} {100 * r['mean_f1_smoothed']:9.1f} "
+              f"{r['params']:10,d} {r['ms_per_clip']:8.2f}")
+    if args.json:
+        text = json.dumps(summary, indent=1)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Does pretraining help, and does the motion target help? A small, rerunnable study on the synthetic data.
+
+    python benchmarks/pretrain_effect.py                          # about 45 min on a 2-core CPU
+    python benchmarks/pretrain_effect.py --budget-minutes 15 --folds 1,2,3
+    python benchmarks/pretrain_effect.py --json results.json --plot docs/images/pretrain_effect.png
+
+(a) generates an unlabeled synthetic set (many identities) and a small labeled set (few clips per class,
+subject-disjoint folds) under ``--out``; (b) pretrains a small LGI-Former three ways: appearance + motion targets
+(MAE-DFER), appearance only (VideoMAE-style), none (scratch), and a small ViT with appearance + motion; (c) finetunes
+each on every fold with the same budget; (d) prints UAR / WAR per fold and mean +- std, saves a bar chart.
+
+Every run goes through ``pretrain/run.py`` and ``finetune/run.py`` with command-line overrides of the demo recipes,
+so the study measures the real pipeline. ``--budget-minutes`` scales the data and the epochs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+LGI = ["--model.name", "lgiformer_tiny_patch16_160", "--model.region_size", "2,3,6"]
+VIT = ["--model.name", "vit_tiny_patch16_160", "--model.region_size", "null"]
+ARCH = ["--model.img_size", "96", "--model.num_frames", "8", "--model.embed_dim", "128", "--model.depth", "4",
+        "--model.num_heads", "4"]
+VARIANTS = {  # name: (encoder args, pretraining targets or None for scratch, mask type)
+    "LGI app+motion": (LGI, "appearance,motion", "region_balanced"),
+    "LGI appearance": (LGI, "appearance", "region_balanced"),
+    "LGI scratch": (LGI, None, None),
+    "ViT app+motion": (VIT, "appearance,motion", "tube"),
+}
+
+
+def sizes(budget: float) -> dict:
+    """Data and epochs for a time budget (calibrated on a 2-core CPU: 45 min -> the defaults)."""
+    s = budget / 45.0
+    return dict(unlabeled=int(max(160, 1200 * s)), per_class=3, pre_epochs=int(max(2, round(6 * s))),
+                ft_epochs=int(max(4, round(20 * min(s, 1.5)))))
+
+
+def run(args: list[str], log: Path) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    with open(log, "w") as f:
+        proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(args)}\nsee {log}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--budget-minutes", type=float, default=45.0)
+    p.add_argument("--out", default="output/pretrain_effect")
+    p.add_argument("--folds", default="1,2,3,4,5")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default="")
+    p.add_argument("--plot", default="")
+    a = p.parse_args()
+    out = Path(a.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    n = sizes(a.budget_minutes)
+    folds = [int(f) for f in a.folds.split(",")]
+    variants = [v.strip() for v in a.variants.split(",")]
+    data = out / "data"
+    synthetic = (f"{{unlabeled_clips: {n['unlabeled']}, clips_per_identity: 2, subjects: 10, "
+                 f"clips_per_class_per_subject: {n['per_class']}, seed: {a.seed}}}")
+    start = time.time()
+    print(f"sizes: {n}; output in {out}", flush=True)
+    results: dict[str, dict[int, dict]] = {}
+    for name in variants:
+        encoder, targets, mask = VARIANTS[name]
+        slug = name.lower().replace(" ", "_").replace("+", "_")
+        release = "none"
+        if targets is not None:
+            pre_dir = out / "pretrain" / slug
+            if not (pre_dir / "release" / "config.json").is_file():
+                run(["pretrain/run.py", *encoder, *ARCH, "--model.targets", targets, "--model.mask_type", mask,
+                     "--data.data_root", str(data), "--data.synthetic", synthetic, "--optim.epochs",
+                     str(n["pre_epochs"]), "--optim.warmup_epochs", "1", "--run.output_dir", str(pre_dir),
+                     "--run.progress", "false", "--run.seed", str(a.seed)], out / f"pretrain_{slug}.log")
+            release = str(pre_dir / "release")
+            print(f"[{time.time() - start:6.0f} s] pretrained {name}", flush=True)
+        for fold in folds:
+            ft_dir = out / "finetune" / slug / f"fold{fold}"
+            if not (ft_dir / "test_metrics.json").is_file():
+                run(["finetune/run.py", *encoder, *ARCH, "--model.pretrained", release, "--data.fold", str(fold),
+                     "--data.data_root", str(data), "--data.synthetic", synthetic, "--optim.epochs",
+                     str(n["ft_epochs"]), "--optim.warmup_epochs", "1", "--run.output_dir", str(ft_dir),
+                     "--run.progress", "false", "--run.seed", str(a.seed), "--release_dir", "none"],
+                    out / f"finetune_{slug}_fold{fold}.log")
+            metrics = json.loads((ft_dir / "test_metrics.json").read_text())
+            results.setdefault(name, {})[fold] = {"uar": metrics["uar"], "war": metrics["war"]}
+            print(f"[{time.time() - start:6.0f} s] {name} fold {fold}: UAR {100 * metrics['uar']:.1f} "
+                  f"WAR {100 * metrics['war']:.1f}", flush=True)
+    table = summarize(results, folds)
+    print(table)
+    summary = {name: {"folds": {str(f): v for f, v in r.items()},
+                      "uar_mean": float(np.mean([v["uar"] for v in r.values()])),
+                      "uar_std": float(np.std([v["uar"] for v in r.values()], ddof=1)) if len(r) > 1 else 0.0,
+                      "war_mean": float(np.mean([v["war"] for v in r.values()]))}
+               for name, r in results.items()}
+    record = dict(sizes=n, folds=folds, minutes=round((time.time() - start) / 60, 1), results=summary, table=table)
+    (out / "results.json").write_text(json.dumps(record, indent=1))
+    if a.json:
+        Path(a.json).write_text(json.dumps(record, indent=1))
+    plot(summary, Path(a.plot) if a.plot else out / "pretrain_effect.png")
+
+
+def summarize(results: dict, folds: list[int]) -> str:
+    head = "| variant | " + " | ".join(f"fold {f} UAR / WAR" for f in folds) + " | mean UAR +- std | mean WAR |"
+    lines = [head, "|" + "---|" * (len(folds) + 3)]
+    for name, r in results.items():
+        cells = [f"{100 * r[f]['uar']:.1f} / {100 * r[f]['war']:.1f}" for f in folds if f in r]
+        u = np.array([r[f]["uar"] for f in folds if f in r]) * 100
+        w = np.array([r[f]["war"] for f in folds if f in r]) * 100
+        std = u.std(ddof=1) if len(u) > 1 else 0.0
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {u.mean():.1f} +- {std:.1f} | {w.mean():.1f} |")
+    return "\n".join(lines)
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary)
+    means = [100 * summary[n]["uar_mean"] for n in names]
+    stds = [100 * summary[n]["uar_std"] for n in names]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.bar(names, means, yerr=stds, capsize=4, color=["#3a7", "#7ad", "#bbb", "#d95"][:len(names)])
+    ax.axhline(100 / 7, ls="--", c="k", lw=0.8, label="chance (7 classes)")
+    ax.set_ylabel("test UAR (%), mean +- std over folds")
+    ax.legend(loc="upper right", fontsize=8)
+    plt.xticks(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"chart: {path}")
+
+
+if __name__ == "__main__":
+    main()

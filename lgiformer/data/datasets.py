@@ -1,0 +1,424 @@
+"""Datasets: list entries -> clips, robust to bad files and reproducible per sample.
+
+Robustness: a corrupt, missing or too-short video is logged once (per path and process), counted, and replaced by
+another sample chosen from (seed, epoch, index, attempt); after ``max_retries`` replacements in a row the error is
+raised (no silent recursion: REFERENCE defect 8). Counts live in shared memory, so they are right with DataLoader
+workers; the loop reports them per epoch and stops when the bad fraction passes a threshold
+(:meth:`BadSampleCounter.check`).
+
+Reproducibility: each item is drawn inside :func:`sample_rng`, which seeds Python's ``random``, numpy and torch from
+(seed, epoch, index) and restores them afterwards. A sample's window, augmentation and mask therefore do not depend
+on the number of workers or processes, nor on where a run was resumed.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import multiprocessing
+import random
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lgiformer.data.lists import AUVideo, VideoSample, read_au_csv, read_video_list
+from lgiformer.data.readers import VideoReadError, open_video
+from lgiformer.data.sampling import center_indices, pretrain_indices, test_clip_indices, train_indices
+
+log = logging.getLogger(__name__)
+
+
+class TooManyBadSamples(RuntimeError):
+    pass
+
+
+class BadSampleCounter:
+    """Bad / total reads, shared by DataLoader workers: the counters and a few example messages live in shared
+    memory created in the main process (before workers fork, or passed to spawned workers with the dataset), so the
+    main process sees what every worker counted. Each bad path is logged once per process."""
+
+    EXAMPLE_BYTES = 4096
+
+    def __init__(self) -> None:
+        self._bad = multiprocessing.Value("q", 0)
+        self._total = multiprocessing.Value("q", 0)
+        self._examples = multiprocessing.Array("c", self.EXAMPLE_BYTES)   # newline-separated, NUL-terminated
+        self._logged: set[str] = set()
+
+    def record_ok(self) -> None:
+        with self._total.get_lock():
+            self._total.value += 1
+
+    def record(self, path: str = "", reason: str = "") -> None:
+        """One bad read (also counted in the total)."""
+        with self._bad.get_lock():
+            self._bad.value += 1
+        with self._total.get_lock():
+            self._total.value += 1
+        if path not in self._logged:  # once per path and process
+            self._logged.add(path)
+            log.warning("bad sample, replaced: %s (%s)", path, reason)
+            self._add_example(f"{path}: {reason}"[:300])
+
+    def _add_example(self, text: str) -> None:
+        with self._examples.get_lock():
+            current = self._examples.value.decode("utf-8", "replace")
+            lines = current.split("\n") if current else []
+            if len(lines) >= 5 or text in lines:
+                return
+            joined = "\n".join(lines + [text]).encode("utf-8", "replace")
+            if len(joined) < self.EXAMPLE_BYTES:
+                self._examples.value = joined
+
+    def examples(self) -> list[str]:
+        """Up to five ``path: reason`` messages, from every worker."""
+        text = self._examples.value.decode("utf-8", "replace")
+        return text.split("\n") if text else []
+
+    def snapshot(self) -> dict:
+        return {"bad": int(self._bad.value), "total": int(self._total.value)}
+
+    def reset(self) -> None:
+        """Zero the counts (each epoch); the examples and the logged paths are kept."""
+        with self._bad.get_lock():
+            self._bad.value = 0
+        with self._total.get_lock():
+            self._total.value = 0
+
+    def check_counts(self, counts: dict, threshold: float = 0.01, min_total: int = 0) -> None:
+        """Raise :class:`TooManyBadSamples` when more than ``threshold`` of the reads in ``counts`` failed (only once
+        at least ``min_total`` reads were made)."""
+        bad, total = int(counts["bad"]), int(counts["total"])
+        if total < max(min_total, 1) or bad / total <= threshold:
+            return
+        examples = "\n  ".join(self.examples()) or "(see the warnings above)"
+        raise TooManyBadSamples(
+            f"{bad} of {total} samples ({100 * bad / total:.1f} %) could not be read, more than the threshold "
+            f"{100 * threshold:.1f} % (data.bad_sample_threshold). Examples:\n  {examples}\n"
+            "Check the data root and the list file, or remove the broken videos from the list.")
+
+    def check(self, threshold: float = 0.01, min_total: int = 0) -> None:
+        """:meth:`check_counts` on the current counts."""
+        self.check_counts(self.snapshot(), threshold, min_total)
+
+    def __getstate__(self):  # the shared values travel with a spawned worker; the log-once set starts empty
+        state = self.__dict__.copy()
+        state["_logged"] = set()
+        return state
+
+
+@contextlib.contextmanager
+def sample_rng(seed: int, epoch: int, index: int):
+    """Seed Python's ``random``, numpy's global RNG and torch's CPU RNG for one sample from (seed, epoch, index) and
+    restore their states afterwards; yields ``np.random.default_rng([seed, epoch, index])`` for the samplers. (Only
+    the CPU generator is touched: ``torch.manual_seed`` would also reseed CUDA generators, which are not restored.)"""
+    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    key = [seed, epoch, index]
+    rng = np.random.default_rng(key)
+    mixed = int(np.random.SeedSequence(key).generate_state(1)[0])
+    random.seed(mixed)
+    np.random.seed(mixed)
+    torch.random.default_generator.manual_seed(mixed)
+    try:
+        yield rng
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.set_rng_state(torch_state)
+
+
+class RobustVideoDataset(Dataset):
+    """Shared item logic: per-sample RNG, replacement of bad samples, the epoch.
+
+    Subclasses keep their entries in the list named by ``_items_attr`` and implement ``load(index, rng)`` (the item
+    without its index; raise :class:`VideoReadError` for unreadable data) and ``describe(index)``. The epoch is a
+    shared value, so ``set_epoch`` in the main process reaches persistent DataLoader workers too.
+    """
+
+    _items_attr = "samples"
+    BAD_ERRORS = (VideoReadError, OSError, ValueError)
+
+    def __init__(self, num_items: int, seed: int, max_retries: int) -> None:
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        self.num_items, self.seed, self.max_retries = num_items, seed, max_retries
+        self._epoch = multiprocessing.Value("q", 0, lock=False)
+        self.bad_samples = BadSampleCounter()
+
+    def __len__(self) -> int:
+        return self.num_items
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.value)
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch.value = int(value)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def load(self, index: int, rng: np.random.Generator):
+        raise NotImplementedError
+
+    def describe(self, index: int) -> str:
+        raise NotImplementedError
+
+    def _num_items_for(self, entries: list) -> int:
+        return len(entries)
+
+    def replacement(self, index: int, attempt: int, failed: int) -> int:
+        """The sample read instead of ``index`` after ``attempt`` failures (the last one at ``failed``, which is not
+        chosen again): a function of (seed, epoch, index, attempt, failed) only, so runs with any number of workers
+        or processes replace alike."""
+        if len(self) < 2:
+            return failed
+        j = int(np.random.default_rng([self.seed, self.epoch, index, attempt, 104729]).integers(len(self) - 1))
+        return j + 1 if j >= failed else j
+
+    def __getitem__(self, index: int):
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        current, errors = index, []
+        for attempt in range(self.max_retries + 1):
+            with sample_rng(self.seed, self.epoch, current) as rng:
+                try:
+                    item = self.load(current, rng)
+                except self.BAD_ERRORS as err:
+                    self.bad_samples.record(self.describe(current), str(err))
+                    errors.append(f"{self.describe(current)}: {err}")
+                    current = self.replacement(index, attempt + 1, current)
+                    continue
+            self.bad_samples.record_ok()
+            return (*item, index)
+        shown = "\n  ".join(errors[:5])
+        raise TooManyBadSamples(f"{len(errors)} samples in a row could not be read for item {index} (max_retries "
+                                f"{self.max_retries}):\n  {shown}")
+
+
+def subset(dataset: RobustVideoDataset, indices: Sequence[int]) -> RobustVideoDataset:
+    """A copy of ``dataset`` over the entries ``indices`` (its own epoch and bad-sample counter; the transform and
+    settings are shared)."""
+    entries = getattr(dataset, dataset._items_attr)
+    picked = [entries[int(i)] for i in indices]
+    out = copy.copy(dataset)
+    setattr(out, dataset._items_attr, picked)
+    out.num_items = dataset._num_items_for(picked)
+    out._epoch = multiprocessing.Value("q", dataset.epoch, lock=False)
+    out.bad_samples = BadSampleCounter()
+    return out
+
+
+def _is_path(x) -> bool:
+    return isinstance(x, (str, bytes)) or hasattr(x, "__fspath__")
+
+
+def _available(reader, start: int, total: int | None) -> int:
+    available = len(reader) - start
+    return min(available, total) if total is not None else available
+
+
+def _open_sample(s: VideoSample, backend: str, min_frames: int, frame_opts: dict):
+    """(reader, available frames) of a sample; a sample with fewer than ``min_frames`` frames is a bad sample."""
+    reader = open_video(s.path, backend, **frame_opts)
+    available = _available(reader, s.start, s.total)
+    if available < max(min_frames, 1):
+        raise VideoReadError(s.path, f"too short: {max(available, 0)} frames (start {s.start}), fewer than "
+                                     f"{max(min_frames, 1)}")
+    return reader, available
+
+
+def _frame_opts(frame_ext, frame_template) -> dict:
+    return {k: v for k, v in (("frame_ext", frame_ext), ("frame_template", frame_template)) if v}
+
+
+class VideoPretrainDataset(RobustVideoDataset):
+    """Unlabeled clips for masked pretraining: ``(clip [3, T, S, S] float, mask [N] bool, index)``; the mask is an
+    empty bool tensor without ``mask_generator``. ``samples`` is a list of :class:`VideoSample` or a pretraining list
+    file (``path`` or ``path start total``; files are not checked at start-up unless ``check_files``: a missing or
+    broken one is replaced when read)."""
+
+    def __init__(self, samples: Sequence[VideoSample] | str, data_root: str | None = None, *, num_frames: int = 16,
+                 stride: int = 4, input_size: int = 160, transform=None, mask_generator=None, seed: int = 0,
+                 backend: str = "auto", max_retries: int = 10, min_frames: int = 1, check_files: bool = False,
+                 frame_ext: str | None = None, frame_template: str | None = None) -> None:
+        if _is_path(samples):
+            samples = read_video_list(samples, data_root, labeled=False, check_files=check_files)
+        super().__init__(len(samples), seed, max_retries)
+        self.samples = list(samples)
+        self.num_frames, self.stride, self.backend, self.min_frames = num_frames, stride, backend, min_frames
+        self.frame_opts = _frame_opts(frame_ext, frame_template)
+        if transform is None:
+            from lgiformer.data.transforms import build_transform
+
+            transform = build_transform("pretrain", input_size)
+        self.transform, self.mask_generator = transform, mask_generator
+
+    def describe(self, index: int) -> str:
+        return self.samples[index].path
+
+    def load(self, index: int, rng: np.random.Generator):
+        s = self.samples[index]
+        reader, available = _open_sample(s, self.backend, self.min_frames, self.frame_opts)
+        indices = pretrain_indices(available, self.num_frames, self.stride, rng) + s.start
+        clip = self.transform(reader.get(indices.tolist()))
+        if self.mask_generator is None:
+            return clip, torch.zeros(0, dtype=torch.bool)
+        gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
+        return clip, self.mask_generator(1, "cpu", generator=gen)[0]
+
+
+class VideoClassificationDataset(RobustVideoDataset):
+    """Labeled clips. train: a random window + augmentation; val: the centre window, centre crop (deterministic);
+    items ``(clip [3, T, S, S], label, index)``. test: ``(views [V, 3, T, S, S], label, index)`` with
+    V = test_num_clips x test_num_crops (evenly spaced windows x distinct spatial crops, clip-major)."""
+
+    MODES = ("train", "val", "test")
+
+    def __init__(self, samples: Sequence[VideoSample] | str, data_root: str | None = None, *, mode: str = "train",
+                 num_frames: int = 16, sampling_rate: int = 4, img_size: int = 160, short_side_size: int | None = None,
+                 test_num_clips: int = 2, test_num_crops: int = 2, auto_augment: str | None = "rand-m7-n4-mstd0.5-inc1",
+                 reprob: float = 0.25, crop_scale: Sequence[float] = (0.08, 1.0),
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 seed: int = 0, backend: str = "auto", num_classes: int | None = None, max_retries: int = 10,
+                 frame_ext: str | None = None, frame_template: str | None = None, min_frames: int = 1,
+                 transform=None) -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
+        if test_num_clips < 1 or test_num_crops < 1:
+            raise ValueError(f"test_num_clips and test_num_crops must be >= 1, got {test_num_clips}, "
+                             f"{test_num_crops}")
+        if _is_path(samples):
+            samples = read_video_list(samples, data_root, labeled=True, num_classes=num_classes)
+        super().__init__(len(samples), seed, max_retries)
+        self.samples = list(samples)
+        self.mode, self.num_frames, self.stride, self.backend = mode, num_frames, sampling_rate, backend
+        self.test_num_clips, self.test_num_crops, self.min_frames = test_num_clips, test_num_crops, min_frames
+        self.frame_opts = _frame_opts(frame_ext, frame_template)
+        if transform is None:
+            from lgiformer.data.transforms import build_transform
+
+            norm = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
+            if mode == "train":
+                transform = build_transform("train", img_size, auto_augment=auto_augment, reprob=reprob,
+                                            scale=tuple(crop_scale), **norm)
+            else:
+                transform = build_transform(mode, img_size, short_side_size=short_side_size, **norm)
+        self.transform = transform
+
+    @property
+    def labels(self) -> list[int]:
+        return [s.label for s in self.samples]
+
+    @property
+    def num_views(self) -> int:
+        return self.test_num_clips * self.test_num_crops if self.mode == "test" else 1
+
+    def describe(self, index: int) -> str:
+        return self.samples[index].path
+
+    def load(self, index: int, rng: np.random.Generator):
+        s = self.samples[index]
+        reader, available = _open_sample(s, self.backend, self.min_frames, self.frame_opts)
+        if self.mode != "test":
+            window = (train_indices(available, self.num_frames, self.stride, rng) if self.mode == "train"
+                      else center_indices(available, self.num_frames, self.stride))
+            return self.transform(reader.get((window + s.start).tolist())), s.label
+        windows = test_clip_indices(available, self.num_frames, self.stride, self.test_num_clips)
+        # one decode for all windows (sequential readers decode up to the last frame once)
+        wanted = np.unique(np.concatenate(windows))
+        frames = reader.get((wanted + s.start).tolist())
+        views = []
+        for window in windows:
+            clip = frames[np.searchsorted(wanted, window)]
+            views += [self.transform(clip, crop_index=c, num_crops=self.test_num_crops)
+                      for c in range(self.test_num_crops)]
+        return torch.stack(views), s.label
+
+
+class AUVideoDataset(RobustVideoDataset):
+    """Per-frame AU labels. Clip mode: ``(clip, labels [K] float, valid [K] bool, index)`` with the labels of the
+    sampled window's centre frame (position ``num_frames // 2``); dense mode: ``(clip, labels [T, K], valid [T, K],
+    index)`` for every sampled frame. train: random window (+ augmentation, no flip), ``windows_per_video`` items
+    per video; val / test: the centre window."""
+
+    _items_attr = "videos"
+    MODES = ("train", "val", "test")
+
+    def __init__(self, videos: Sequence[AUVideo] | str, data_root: str | None = None, *, mode: str = "train",
+                 num_frames: int = 16, sampling_rate: int = 4, img_size: int = 160, dense: bool = False,
+                 au_names: Sequence[str] | None = None, auto_augment: str | None = None, reprob: float = 0.0,
+                 seed: int = 0, backend: str = "auto", max_retries: int = 10, windows_per_video: int = 1,
+                 intensity_threshold: float | None = None, frame_ext: str | None = None,
+                 frame_template: str | None = None, transform=None) -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
+        if _is_path(videos):
+            videos, au_names = read_au_csv(videos, data_root, au_names=au_names,
+                                           intensity_threshold=intensity_threshold)
+        self.videos = list(videos)
+        if not self.videos:
+            raise ValueError("AUVideoDataset: no videos")
+        self.au_names = list(au_names or self.videos[0].au_names)
+        # several windows per video and epoch: AU videos are long and few
+        self.windows_per_video = max(1, windows_per_video if mode == "train" else 1)
+        super().__init__(self._num_items_for(self.videos), seed, max_retries)
+        self.mode, self.num_frames, self.stride, self.dense, self.backend = mode, num_frames, sampling_rate, dense, \
+            backend
+        self.frame_opts = _frame_opts(frame_ext, frame_template)
+        if transform is None:
+            from lgiformer.data.transforms import build_transform
+
+            transform = (build_transform("train", img_size, auto_augment=auto_augment, reprob=reprob, hflip=0.0)
+                         if mode == "train" else build_transform("val", img_size))
+        self.transform = transform
+
+    def _num_items_for(self, entries: list) -> int:
+        return len(entries) * self.windows_per_video
+
+    def describe(self, index: int) -> str:
+        return self.videos[index % len(self.videos)].path
+
+    def load(self, index: int, rng: np.random.Generator):
+        v = self.videos[index % len(self.videos)]
+        n = len(v.frames)
+        if n < 1:
+            raise VideoReadError(v.path, "no labelled frames")
+        positions = (train_indices(n, self.num_frames, self.stride, rng) if self.mode == "train"
+                     else center_indices(n, self.num_frames, self.stride))
+        frames = open_video(v.path, self.backend, **self.frame_opts).get(v.frames[positions].tolist())
+        clip = self.transform(frames)
+        if self.dense:
+            return clip, torch.from_numpy(v.labels[positions]), torch.from_numpy(v.valid[positions])
+        centre = positions[len(positions) // 2]
+        return clip, torch.from_numpy(v.labels[centre]), torch.from_numpy(v.valid[centre])
+
+
+def split_validation(samples: Sequence[VideoSample], fraction: float = 0.1, seed: int = 0
+                     ) -> tuple[list[VideoSample], list[VideoSample]]:
+    """(train, validation) out of a TRAINING list (never the test list: REFERENCE defect 3): about ``fraction`` of
+    each label, chosen with a fixed seed; each label keeps at least one training sample and, when it has two or
+    more, gives at least one to validation. Order within each part is the list order."""
+    samples = list(samples)
+    if not 0 <= fraction < 1:
+        raise ValueError(f"the validation fraction must be in [0, 1), got {fraction}")
+    if fraction == 0:
+        return samples, []
+    rng = np.random.default_rng([seed, 7919])
+    by_label: dict[int, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_label.setdefault(getattr(s, "label", -1), []).append(i)
+    val: set[int] = set()
+    for label in sorted(by_label):
+        idx = by_label[label]
+        k = int(round(len(idx) * fraction))
+        if len(idx) > 1:
+            k = min(max(k, 1), len(idx) - 1)
+        else:
+            k = 0
+        val.update(rng.permutation(idx)[:k].tolist())
+    return [s for i, s in enumerate(samples) if i not in val], [s for i, s in enumerate(samples) if i in val]

@@ -1,0 +1,124 @@
+"""Training checkpoints: DeepSpeed checkpoint directories made atomic, with plain-data state.
+
+Layout of ``<run>/checkpoints/``::
+
+    epoch0003_step00000120/        a complete checkpoint (DeepSpeed files + COMPLETE.json)
+    .tmp_epoch0004_step00000160/   a save in progress (or killed): never read, removed by the next save
+    latest                         name of the newest complete checkpoint (informative; resume scans)
+
+A save writes into a hidden ``.tmp_*`` directory; when every rank is done, rank 0 writes ``COMPLETE.json`` (the
+loop state as JSON: epoch, step, config, model name and arguments, precision, ZeRO stage) and renames the directory
+into place, so a SIGKILL at any moment leaves the previous checkpoint usable. Assumes a file system shared by all
+nodes (the usual cluster setup). ``--resume auto`` takes the newest directory with a ``COMPLETE.json``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lgiformer.engine.distributed import barrier
+
+log = logging.getLogger(__name__)
+
+MARKER = "COMPLETE.json"
+_TAG = re.compile(r"^epoch(\d+)_step(\d+)$")
+
+
+def checkpoint_tag(epoch: int, step: int) -> str:
+    return f"epoch{epoch:04d}_step{step:08d}"
+
+
+def _fsync_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def complete_checkpoints(root: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first (by step)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and _TAG.match(p.name) and (p / MARKER).is_file()]
+    return sorted(found, key=lambda p: int(_TAG.match(p.name).group(2)))
+
+
+def find_checkpoint(path: str | os.PathLike) -> Path:
+    """``path`` itself when it is a complete checkpoint, else the newest complete checkpoint inside it."""
+    path = Path(path)
+    if (path / MARKER).is_file():
+        return path
+    if (path / "checkpoints").is_dir():
+        path = path / "checkpoints"
+    found = complete_checkpoints(path)
+    if not found:
+        raise FileNotFoundError(f"no complete checkpoint in {path} (looked for */{MARKER})")
+    return found[-1]
+
+
+def save_checkpoint(engine, root: str | os.PathLike, state: dict[str, Any], keep_last: int, is_main: bool) -> Path:
+    """Collective: every rank calls it. ``state`` must be plain data (JSON-serialisable)."""
+    root = Path(root)
+    tag = checkpoint_tag(state["epoch"], state["step"])
+    tmp_tag = f".tmp_{tag}"
+    if is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(root / tmp_tag, ignore_errors=True)
+    barrier()
+    engine.save_checkpoint(str(root), tag=tmp_tag, client_state={"lgiformer": json.dumps(state)}, save_latest=False)
+    barrier()
+    final = root / tag
+    if is_main:
+        _fsync_write(root / tmp_tag / MARKER, json.dumps(state, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(root / tmp_tag, final)
+        _fsync_write(root / "latest", tag + "\n")
+        for old in complete_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+        for stale in root.glob(".tmp_*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        log.info("checkpoint saved: %s", final)
+    barrier()
+    return final
+
+
+def load_checkpoint(engine, ckpt: str | os.PathLike) -> dict[str, Any]:
+    """Restore model, optimiser and engine counters from ``ckpt``; returns the loop state."""
+    ckpt = Path(ckpt)
+    path, _ = engine.load_checkpoint(str(ckpt.parent), tag=ckpt.name, load_optimizer_states=True,
+                                     load_lr_scheduler_states=False)
+    if path is None:
+        raise RuntimeError(f"DeepSpeed could not load {ckpt}")
+    return read_client_state(ckpt)
+
+
+def read_client_state(ckpt: str | os.PathLike) -> dict[str, Any]:
+    return json.loads((Path(ckpt) / MARKER).read_text())
+
+
+def read_fp32_state_dict(ckpt: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Full fp32 weights of the model, consolidating ZeRO shards (and bf16 master weights) when needed."""
+    ckpt = Path(ckpt)
+    state = read_client_state(ckpt)
+    if state.get("zero_stage", 0) == 0:  # the full module is in the model states file (fp32 but under fp16)
+        files = sorted(ckpt.glob("mp_rank_*_model_states.pt"))
+        if not files:
+            raise FileNotFoundError(f"{ckpt}: no mp_rank_*_model_states.pt")
+        # our own training checkpoint (not a downloaded file); DeepSpeed stores non-tensor metadata beside it
+        sd = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+    else:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
+    return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}

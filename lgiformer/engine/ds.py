@@ -1,0 +1,87 @@
+"""DeepSpeed from our config: precision, ZeRO stage, clipping and accumulation, with a torch AdamW passed in.
+
+bf16 is autocast (weights, gradients and optimiser state stay fp32; matmuls and attention run in bf16), the same
+rule as timm / MAE training with AMP, set through DeepSpeed's ``torch_autocast`` section (its engine switches off an
+autocast opened outside it); DeepSpeed's own bf16 mode would keep bf16 weights when ZeRO is off. fp16 is
+DeepSpeed's fp16 mode with dynamic loss scaling (overflow steps are skipped and counted by the loop).
+
+The optimiser is a plain ``torch.optim.AdamW`` (a DeepSpeed ``"optimizer"`` entry would JIT-build FusedAdam, about
+50 s on CPU); schedules are set per step by the loop, so no DeepSpeed scheduler either.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Sequence
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 on GPUs that support it, fp32 otherwise (CPU included)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 needs a GPU (DeepSpeed: 'Type fp16 is not supported' on CPU); use bf16 or fp32")
+    return precision
+
+
+def amp_dtype(precision: str) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
+def input_dtype(precision: str) -> torch.dtype:
+    """The dtype batches must be cast to: half for DeepSpeed fp16 (the module is converted), fp32 otherwise."""
+    return torch.float16 if precision == "fp16" else torch.float32
+
+
+def autocast(precision: str, device: torch.device):
+    """The forward context: bf16 autocast, or nothing."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def deepspeed_config(micro_batch: int, accum_steps: int, world_size: int, precision: str, zero_stage: int,
+                     clip_grad: float | None) -> dict:
+    if zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"zero_stage must be 0-3, got {zero_stage}")
+    config = {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": accum_steps,
+        "train_batch_size": micro_batch * accum_steps * world_size,
+        "zero_optimization": {"stage": zero_stage},
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+        "zero_allow_untested_optimizer": True,
+    }
+    if clip_grad:
+        config["gradient_clipping"] = float(clip_grad)
+    if precision == "bf16":
+        # DeepSpeed's engine replaces any outer autocast by its own setting, so bf16 autocast is configured here
+        config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+    if precision == "fp16":
+        config["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
+                          "hysteresis": 2, "min_loss_scale": 1}
+    return config
+
+
+def initialize(model: nn.Module, param_groups: Sequence[dict], *, lr: float, betas: Sequence[float], eps: float,
+               micro_batch: int, accum_steps: int, world_size: int, precision: str, zero_stage: int,
+               clip_grad: float | None):
+    """(engine, DeepSpeed config). The engine's ``.module`` is the model; call ``engine(...)``,
+    ``engine.backward(loss)``, ``engine.step()``."""
+    import deepspeed
+
+    optimizer = torch.optim.AdamW(param_groups, lr=lr, betas=tuple(betas), eps=eps)
+    config = deepspeed_config(micro_batch, accum_steps, world_size, precision, zero_stage, clip_grad)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config,
+                                           dist_init_required=False)
+    return engine, config

@@ -1,0 +1,216 @@
+"""What pretraining and finetuning share around the loop: process setup, the DeepSpeed engine and schedules,
+resume, the epoch loop with checkpoints and preemption, the per-epoch record."""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from lgiformer.config import OptimConfig, RunConfig, save_config, to_dict
+from lgiformer.engine import ds
+from lgiformer.engine.checkpoint import complete_checkpoints, find_checkpoint, load_checkpoint, save_checkpoint
+from lgiformer.engine.distributed import DistEnv, init_distributed
+from lgiformer.engine.logger import RunLogger
+from lgiformer.engine.loop import LoopState, Preemption, train_one_epoch
+from lgiformer.engine.schedules import cosine_schedule
+
+log = logging.getLogger("lgiformer")
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the sbatch script requeues on it
+
+
+def setup(run: RunConfig) -> tuple[DistEnv, RunLogger]:
+    """Distributed init, logging (rank 0 talks; every rank writes warnings), seeds."""
+    env = init_distributed(run.device)
+    out = Path(run.output_dir)
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if env.is_main:
+        handlers.append(logging.FileHandler(out / "run.log"))
+    logging.basicConfig(level=logging.WARNING, handlers=handlers, force=True,
+                        format=f"%(asctime)s [rank {env.rank}] %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("lgiformer").setLevel(logging.INFO if env.is_main else logging.WARNING)
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    seed_everything(run.seed + env.rank)
+    if env.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 runs use TF32 tensor cores (as timm / MAE do)
+        torch.backends.cudnn.allow_tf32 = True
+    log.info("process %d/%d (%s launch) on %s", env.rank, env.world_size, env.launcher, env.device)
+    return env, RunLogger(out, env.is_main, run.tensorboard)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Training:
+    engine: Any
+    env: DistEnv
+    logger: RunLogger
+    precision: str
+    lr: float
+    total_batch: int
+    steps_per_epoch: int      # optimiser steps
+    batches_per_epoch: int    # micro-batches per process
+    lr_values: np.ndarray
+    wd_values: np.ndarray
+
+    @property
+    def model(self) -> nn.Module:
+        return self.engine.module
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype to cast batches to."""
+        return ds.input_dtype(self.precision)
+
+    def autocast(self):
+        return ds.autocast(self.precision, self.env.device)
+
+
+def build_training(model: nn.Module, param_groups: list[dict], run: RunConfig, optim: OptimConfig, env: DistEnv,
+                   logger: RunLogger, batches_per_epoch: int, config: Any) -> Training:
+    """The DeepSpeed engine and the schedules; logs and saves the resolved config with the effective lr."""
+    if run.max_steps_per_epoch:
+        batches_per_epoch = min(batches_per_epoch, run.max_steps_per_epoch)
+    if batches_per_epoch < optim.accum_steps:
+        raise ValueError(f"an epoch has {batches_per_epoch} batches per process, fewer than optim.accum_steps="
+                         f"{optim.accum_steps}: use a smaller batch or more data")
+    batches_per_epoch -= batches_per_epoch % optim.accum_steps
+    precision = ds.resolve_precision(run.precision, env.device)
+    if run.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    model.to(env.device)
+    total_batch = run.batch_size * optim.accum_steps * env.world_size
+    lr, min_lr, warmup_lr = optim.effective_lr(total_batch)
+    engine, ds_config = ds.initialize(model, param_groups, lr=lr, betas=optim.betas, eps=optim.eps,
+                                      micro_batch=run.batch_size, accum_steps=optim.accum_steps,
+                                      world_size=env.world_size, precision=precision, zero_stage=run.zero_stage,
+                                      clip_grad=optim.clip_grad)
+    if run.compile:
+        engine.compile()
+    steps_per_epoch = batches_per_epoch // optim.accum_steps
+    total = optim.epochs * steps_per_epoch
+    lr_values = cosine_schedule(lr, min_lr, total, int(round(optim.warmup_epochs * steps_per_epoch)), warmup_lr)
+    wd_end = optim.weight_decay if optim.weight_decay_end is None else optim.weight_decay_end
+    wd_values = cosine_schedule(optim.weight_decay, wd_end, total)
+    derived = dict(effective_lr=lr, min_lr=min_lr, total_batch=total_batch, world_size=env.world_size,
+                   precision=precision, steps_per_epoch=steps_per_epoch, total_steps=total, deepspeed=ds_config)
+    log.info("effective lr %.3g = %s x total batch %d / 256 (%d processes x %d per process x %d accumulation); "
+             "precision %s, ZeRO %d, %d steps per epoch", lr, "lr" if optim.lr else f"blr {optim.blr:g}",
+             total_batch, env.world_size, run.batch_size, optim.accum_steps, precision, run.zero_stage,
+             steps_per_epoch)
+    if env.is_main:
+        save_config(config, Path(run.output_dir) / "config.yaml", **derived)
+    return Training(engine, env, logger, precision, lr, total_batch, steps_per_epoch, batches_per_epoch, lr_values,
+                    wd_values)
+
+
+def resume_state(training: Training, run: RunConfig) -> LoopState:
+    if not run.resume:
+        return LoopState()
+    root = Path(run.output_dir) / "checkpoints"
+    if run.resume == "auto":
+        if not complete_checkpoints(root):
+            log.info("resume auto: no complete checkpoint in %s, starting fresh", root)
+            return LoopState()
+        ckpt = find_checkpoint(root)
+    else:
+        ckpt = find_checkpoint(run.resume)
+    state = load_checkpoint(training.engine, ckpt)
+    loop = LoopState(**state["loop"])
+    log.info("resumed from %s: epoch %d, step %d, batch %d of the epoch", ckpt, loop.epoch, loop.step,
+             loop.batch_in_epoch)
+    return loop
+
+
+def fit(training: Training, run: RunConfig, optim: OptimConfig, loader, step_fn: Callable, *,
+        checkpoint_info: dict[str, Any], set_epoch: Callable[[int, int], None],
+        end_of_epoch: Callable[[LoopState, dict], dict] | None = None,
+        on_step: Callable[[LoopState, Any], None] | None = None) -> list[dict]:
+    """Epoch loop from the resume point to ``optim.epochs``. Returns the per-epoch records (this session's)."""
+    state = resume_state(training, run)
+    env, logger = training.env, training.logger
+    ckpt_root = Path(run.output_dir) / "checkpoints"
+    records: list[dict] = []
+
+    def save() -> None:
+        save_checkpoint(training.engine, ckpt_root, dict(checkpoint_info, epoch=state.epoch, step=state.step,
+                                                         loop=state.to_dict(),
+                                                         precision=training.precision, zero_stage=run.zero_stage,
+                                                         world_size=env.world_size),
+                        run.keep_last, env.is_main)
+
+    with Preemption() as preemption:
+        while state.epoch < optim.epochs:
+            set_epoch(state.epoch, state.batch_in_epoch * run.batch_size)
+            stats = train_one_epoch(
+                training.engine, loader, step_fn, state, lr_values=training.lr_values,
+                wd_values=training.wd_values, steps_in_epoch=training.batches_per_epoch, seed=run.seed,
+                rank=env.rank, logger=logger, log_every=run.log_every, max_nonfinite=run.max_nonfinite,
+                preemption=preemption, on_step=on_step, progress=run.progress, clips_per_batch=run.batch_size,
+                autocast=training.autocast)
+            if state.batch_in_epoch < training.batches_per_epoch:  # preempted mid-epoch
+                save()
+                log.warning("stopped by SIGTERM at epoch %d, batch %d: resume with --run.resume auto", state.epoch,
+                            state.batch_in_epoch)
+                raise SystemExit(PREEMPTED_EXIT_CODE)
+            record = dict(epoch=state.epoch, step=state.step, **{f"train_{k}": v for k, v in stats.items()})
+            if end_of_epoch is not None:
+                record.update(end_of_epoch(state, stats))
+            logger.jsonl(record)
+            log.info("epoch %d: %s", state.epoch, ", ".join(f"{k} {v:.4g}" for k, v in record.items()
+                                                            if isinstance(v, float)))
+            records.append(record)
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            if state.epoch % run.save_every == 0 or state.epoch == optim.epochs:
+                save()
+    return records
+
+
+def select_final_model(model: nn.Module, select: str, epochs: int, best_state: dict | None, best_epoch: int,
+                       **best_metrics: float) -> tuple[nn.Module, dict]:
+    """The weights to test under ``eval.select`` and the selection record saved with the test report."""
+    selection: dict[str, Any] = dict(select=select, epoch=epochs - 1)
+    if select == "best_val" and best_state is not None:
+        chosen = copy.deepcopy(model)
+        chosen.load_state_dict(best_state)
+        selection.update(epoch=best_epoch, **best_metrics)
+        return chosen, selection
+    if select == "best_val":
+        log.warning("eval.select best_val: no validation ran in this session (resumed at the end?); testing the "
+                    "last weights")
+        selection["select"] = "last (no validation available)"
+    return model, selection
+
+
+def last_checkpoint(run: RunConfig) -> Path:
+    return find_checkpoint(Path(run.output_dir) / "checkpoints")
+
+
+def describe_model(model: nn.Module) -> str:
+    n = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return f"{n / 1e6:.2f} M parameters ({trainable / 1e6:.2f} M trainable)"
+
+
+def world_info() -> dict:
+    return {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "SLURM_JOB_ID")}
+
+
+__all__ = ["PREEMPTED_EXIT_CODE", "Training", "build_training", "describe_model", "fit", "last_checkpoint",
+           "resume_state", "seed_everything", "select_final_model", "setup", "to_dict"]

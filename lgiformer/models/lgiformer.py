@@ -1,0 +1,227 @@
+"""LGI-Former (Local-Global Interaction transformer), the encoder of MAE-DFER.
+
+The token grid is split into regions (default 2 x 5 x 10 tokens). Every region has one learnable representative
+token. Each block runs, pre-norm with residual and DropPath:
+  1. local intra-region self-attention over [representative token, local tokens] of every region,
+  2. global inter-region self-attention over the representative tokens,
+  3. local-global cross-attention: every local token queries all representative tokens,
+  4. one FFN shared by all tokens.
+All regions of all clips go through each attention step as one batched call. Between blocks the state is one
+tensor [B, R, 1 + M, C] (the representative token first in every region), so no slice assignment is ever needed.
+State-dict names follow the reference implementation, so its checkpoints load one-to-one.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.models import register_model
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from lgiformer.layers import Attention, PatchEmbed3d
+from lgiformer.tokens import TokenLayout, sinusoid_table
+
+
+class LGIBlock(nn.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop: float = 0.0,
+                 attn_drop: float = 0.0, drop_path: float = 0.0, norm_eps: float = 1e-6) -> None:
+        super().__init__()
+        attn = dict(num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
+        self.first_attn_norm0 = nn.LayerNorm(dim, eps=norm_eps)
+        self.first_attn = Attention(dim, **attn)
+        self.second_attn_norm0 = nn.LayerNorm(dim, eps=norm_eps)
+        self.second_attn = Attention(dim, **attn)
+        self.third_attn_norm0 = nn.LayerNorm(dim, eps=norm_eps)
+        self.third_attn_norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.third_attn = Attention(dim, **attn)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        """s: [B, R, 1 + M, C], the representative token at index 0 of every region."""
+        b, r, n, c = s.shape
+        # 1. Local: all B * R regions in one attention call.
+        s = s + self.drop_path(self.first_attn(self.first_attn_norm0(s).view(b * r, n, c)).view(b, r, n, c))
+        rep, local = s[:, :, 0], s[:, :, 1:]
+        # 2. Global: representative tokens attend to each other.
+        rep = rep + self.drop_path(self.second_attn(self.second_attn_norm0(rep)))
+        # 3. Local-global: every local token of the clip queries all representative tokens.
+        cross = self.third_attn(self.third_attn_norm0(local).reshape(b, r * (n - 1), c), self.third_attn_norm1(rep))
+        local = local + self.drop_path(cross.view(b, r, n - 1, c))
+        # 4. Shared FFN.
+        s = torch.cat((rep.unsqueeze(2), local), dim=2)
+        return s + self.drop_path(self.mlp(self.norm2(s)))
+
+
+class LGIFormer(nn.Module):
+    """LGI-Former video encoder with an optional classification head.
+
+    ``forward_features(x)`` returns [B, R + N, C]: the R representative tokens, then the N local tokens in raster
+    (t, h, w) order. With a boolean ``mask`` ([B, N] in region-major order, True = masked) only the visible tokens
+    are encoded (pretraining) and returned in region-major order; every region must keep the same number of them.
+    ``global_pool`` picks the head's input: "region" (mean of representative tokens, the paper), "local" (mean of
+    local tokens), "all" (mean of all tokens) or "" (no pooling: tokens pass through the final ``norm``).
+    """
+
+    def __init__(self, img_size: int = 160, patch_size: int = 16, num_frames: int = 16, tubelet_size: int = 2,
+                 in_chans: int = 3, num_classes: int = 0, embed_dim: int = 512, depth: int = 16, num_heads: int = 8,
+                 mlp_ratio: float = 4.0, qkv_bias: bool = True, region_size: Sequence[int] = (2, 5, 10),
+                 global_pool: str = "region", drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0, fc_drop_rate: float = 0.0, head_init_scale: float = 0.001,
+                 norm_eps: float = 1e-6) -> None:
+        super().__init__()
+        if global_pool not in ("region", "local", "all", ""):
+            raise ValueError(f"global_pool must be 'region', 'local', 'all' or '', got {global_pool!r}")
+        self.model_args = dict(img_size=img_size, patch_size=patch_size, num_frames=num_frames,
+                               tubelet_size=tubelet_size, in_chans=in_chans, num_classes=num_classes,
+                               embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                               qkv_bias=qkv_bias, region_size=list(region_size), global_pool=global_pool,
+                               norm_eps=norm_eps)
+        self.model_name = "lgiformer"
+        self.layout = TokenLayout.for_input(num_frames, img_size, tubelet_size, patch_size, region_size)
+        self.grid_size = self.layout.grid
+        self.num_prefix_tokens = self.layout.num_regions
+        self.embed_dim = self.num_features = embed_dim
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.grad_checkpointing = False
+
+        self.patch_embed = PatchEmbed3d(img_size, patch_size, num_frames, tubelet_size, in_chans, embed_dim)
+        # Fixed sine table (not in the state dict, as in the reference), stored in region-major order.
+        self.register_buffer("pos_embed", self.layout.to_region_major(
+            sinusoid_table(self.layout.num_tokens, embed_dim), dim=0), persistent=False)
+        self.lg_region_tokens = nn.Parameter(torch.zeros(self.layout.num_regions, embed_dim))
+        self.pos_drop = nn.Dropout(drop_rate)
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(
+            LGIBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[i], norm_eps)
+            for i in range(depth))
+        pooled = bool(global_pool)
+        self.norm = nn.Identity() if pooled else nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if pooled else nn.Identity()
+        self.fc_dropout = nn.Dropout(fc_drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+        trunc_normal_(self.lg_region_tokens, std=0.02)
+        self.apply(_init_weights)
+        if isinstance(self.head, nn.Linear):
+            self.head.weight.data.mul_(head_init_scale)
+            self.head.bias.data.mul_(head_init_scale)
+
+    # ---- timm-style hooks used by the optimiser and the engine --------------------------------------------------
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"lg_region_tokens", "pos_embed"}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^(?:patch_embed|lg_region_tokens|pos_embed)", blocks=[(r"^blocks\.(\d+)", None),
+                                                                             (r"^norm", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None and global_pool != self.global_pool:
+            if bool(global_pool) != bool(self.global_pool):
+                raise ValueError("reset_classifier cannot switch between pooled and unpooled outputs")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.model_args["num_classes"] = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            _init_weights(self.head)
+
+    # ---- forward ----------------------------------------------------------------------------------------------
+    def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.layout.to_region_major(self.patch_embed(x)) + self.pos_embed.to(x.dtype)
+        b, n, c = x.shape
+        if mask is not None:
+            visible = ~mask
+            per_region = visible.view(b, self.layout.num_regions, -1).sum(-1)
+            if not bool((per_region == per_region[0, 0]).all()):
+                raise ValueError("LGI-Former needs the same number of visible tokens in every region of every clip; "
+                                 "use mask_type='region_balanced'")
+            x = x[visible].view(b, -1, c)
+        x = self.layout.split_regions(self.pos_drop(x))
+        s = torch.cat((self.lg_region_tokens.expand(b, -1, -1).unsqueeze(2), x), dim=2)
+        for blk in self.blocks:
+            s = checkpoint(blk, s, use_reentrant=False) if self.grad_checkpointing and self.training else blk(s)
+        rep, local = s[:, :, 0], s[:, :, 1:].flatten(1, 2)
+        if mask is None:
+            local = self.layout.to_raster(local)
+        return self.norm(torch.cat((rep, local), dim=1))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        r = self.num_prefix_tokens
+        if self.global_pool == "region":
+            x = x[:, :r].mean(1)
+        elif self.global_pool == "local":
+            x = x[:, r:].mean(1)
+        elif self.global_pool == "all":
+            x = x.mean(1)
+        x = self.fc_dropout(self.fc_norm(x))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+# Arguments timm.create_model passes to every model function; ours take none of them.
+_TIMM_FACTORY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+
+
+def _create_lgiformer(variant: str, pretrained: bool = False, **kwargs) -> LGIFormer:
+    for key in _TIMM_FACTORY_KWARGS:
+        kwargs.pop(key, None)
+    if pretrained:
+        raise ValueError(f"{variant}: no hub weights; load a release with lgiformer.load_release(DIR) or convert "
+                         "reference weights with `python -m lgiformer.convert`")
+    model = LGIFormer(**kwargs)
+    model.model_name = variant
+    return model
+
+
+@register_model
+def lgiformer_tiny_patch16_160(pretrained: bool = False, **kwargs) -> LGIFormer:
+    """CPU-sized: 192 wide, 12 deep, 3 heads."""
+    args = dict(embed_dim=192, depth=12, num_heads=3, region_size=(2, 5, 10))
+    return _create_lgiformer("lgiformer_tiny_patch16_160", pretrained, **{**args, **kwargs})
+
+
+@register_model
+def lgiformer_small_patch16_160(pretrained: bool = False, **kwargs) -> LGIFormer:
+    """384 wide, 12 deep, 6 heads."""
+    args = dict(embed_dim=384, depth=12, num_heads=6, region_size=(2, 5, 10))
+    return _create_lgiformer("lgiformer_small_patch16_160", pretrained, **{**args, **kwargs})
+
+
+@register_model
+def lgiformer_base_patch16_160(pretrained: bool = False, **kwargs) -> LGIFormer:
+    """The paper's encoder: 512 wide, 16 deep, 8 heads, regions 2 x 5 x 10 (84.9 M parameters with 7 classes)."""
+    args = dict(embed_dim=512, depth=16, num_heads=8, region_size=(2, 5, 10))
+    return _create_lgiformer("lgiformer_base_patch16_160", pretrained, **{**args, **kwargs})
+
+
+@register_model
+def lgiformer_large_patch16_160(pretrained: bool = False, **kwargs) -> LGIFormer:
+    """1024 wide, 24 deep, 16 heads."""
+    args = dict(embed_dim=1024, depth=24, num_heads=16, region_size=(2, 5, 10))
+    return _create_lgiformer("lgiformer_large_patch16_160", pretrained, **{**args, **kwargs})

@@ -1,0 +1,22 @@
+"""Parameter groups for the optimiser, built only from the models' own hooks (``no_weight_decay``,
+``group_matcher``) through timm's helpers.
+
+No weight decay on biases, norms, representative tokens, the mask token and position tables (the reference decayed
+the representative tokens through a name mismatch: REFERENCE defect 2). Layer-wise lr decay for finetuning puts an
+``lr_scale`` in every group; the schedules multiply by it.
+"""
+from __future__ import annotations
+
+from torch import nn
+from timm.optim import param_groups_layer_decay, param_groups_weight_decay
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    if layer_decay is not None and layer_decay < 1.0:
+        groups = param_groups_layer_decay(model, weight_decay, no_weight_decay_list=skip, layer_decay=layer_decay)
+    else:
+        groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=skip)
+    for group in groups:
+        group.setdefault("lr_scale", 1.0)
+    return groups

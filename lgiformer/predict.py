@@ -1,0 +1,131 @@
+"""Classify videos with a finetuned release: per-class probabilities for each input.
+
+    python -m lgiformer.predict --model RELEASE_DIR video.mp4 [more.mp4 | frame_folder ...] [--json]
+
+Each input (a video file or a folder of frames) goes through exactly the test pipeline of finetuning: the same
+reader, temporal sampling, resizing and normalisation, N temporal clips x M spatial crops (from the release's
+``config.json``, or ``--clips`` / ``--crops``), softmax averaged over the views. The text output lists the classes by
+probability; ``--json`` prints one object with a result per input (``probabilities`` sum to 1).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+import lgiformer  # noqa: F401  (import-order fix before timm / torchvision)
+from lgiformer.evaluate import predict as predict_loader
+
+log = logging.getLogger("lgiformer.predict")
+
+
+def read_release_info(release: str | os.PathLike) -> dict:
+    """Class names and the data settings the model was finetuned with, from the release's config.json."""
+    path = Path(release)
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{path}: no config.json; --model must be a release directory written by "
+                                "finetune/run.py (or lgiformer.release.save_release)")
+    config = json.loads(config_path.read_text())
+    num_classes = int(config.get("model_args", {}).get("num_classes", 0))
+    if num_classes <= 0:
+        raise ValueError(f"{path} holds an encoder without a classifier head (num_classes=0): finetune it first "
+                         "(finetune/run.py) and predict with the finetuned release")
+    names = config.get("class_names") or config.get("classes") or [f"class_{i}" for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(f"{path}: {len(names)} class names for a {num_classes}-class head")
+    return dict(config=config, class_names=list(names), data=dict(config.get("data", {})))
+
+
+def load_model(release: str | os.PathLike, device: str = "cpu") -> torch.nn.Module:
+    from lgiformer.release import load_release
+
+    model = load_release(release)
+    return model.to(device).eval()
+
+
+def build_views_dataset(inputs: Sequence[str], data: dict, model_args: dict, clips: int | None, crops: int | None,
+                        list_dir: str):
+    """The finetuning test dataset over ``inputs`` (dummy labels): one [V, 3, T, H, W] tensor per input."""
+    from lgiformer.data import VideoClassificationDataset
+
+    list_file = Path(list_dir) / "inputs.txt"
+    lines = []
+    for item in inputs:
+        p = Path(item).resolve()
+        if not p.exists():
+            raise FileNotFoundError(item)
+        if " " in str(p):
+            raise ValueError(f"{item}: paths with spaces are not supported by the list format; rename or link it")
+        lines.append(f"{p} 0")
+    list_file.write_text("\n".join(lines) + "\n")
+    settings = dict(num_frames=model_args.get("num_frames", 16), img_size=model_args.get("img_size", 160))
+    settings.update({k: v for k, v in data.items() if k in _DATASET_KEYS})
+    if clips:
+        settings["test_num_clips"] = clips
+    if crops:
+        settings["test_num_crops"] = crops
+    return VideoClassificationDataset(str(list_file), mode="test", **settings)
+
+
+# Data settings a release may carry that the test dataset accepts (the rest of `data` is descriptive only).
+_DATASET_KEYS = ("num_frames", "sampling_rate", "img_size", "short_side_size", "mean", "std", "test_num_clips",
+                 "test_num_crops", "frame_ext", "frame_template")
+
+
+def run(release: str, inputs: Sequence[str], clips: int | None = None, crops: int | None = None,
+        device: str = "cpu", batch_size: int = 1) -> dict:
+    info = read_release_info(release)
+    model = load_model(release, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = build_views_dataset(inputs, info["data"], info["config"].get("model_args", {}), clips, crops, tmp)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+        result = predict_loader(model, loader, device)
+    names = info["class_names"]
+    results = []
+    for i, probs in zip(result.indices, result.probs):
+        ranked = sorted(zip(names, probs.tolist()), key=lambda t: -t[1])
+        results.append(dict(input=str(inputs[i]), prediction=ranked[0][0],
+                            probabilities={n: round(float(p), 6) for n, p in zip(names, probs.tolist())}))
+    return dict(model=str(release), model_name=getattr(model, "model_name", ""), classes=names,
+                views=int(getattr(dataset, "num_views", 0) or 0) or None, results=results)
+
+
+def format_text(output: dict, top: int) -> str:
+    lines = []
+    for r in output["results"]:
+        ranked = sorted(r["probabilities"].items(), key=lambda t: -t[1])[:top]
+        lines.append(f"{r['input']}: {r['prediction']}")
+        lines += [f"  {name:>16s} {p:6.3f}" for name, p in ranked]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lgiformer.predict", description=__doc__.split("\n")[0])
+    parser.add_argument("inputs", nargs="+", help="video files and/or folders of frames")
+    parser.add_argument("--model", required=True, help="finetuned release directory (config.json + model.safetensors)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--clips", type=int, default=None, help="temporal clips per input (default: the release's)")
+    parser.add_argument("--crops", type=int, default=None, help="spatial crops per clip (default: the release's)")
+    parser.add_argument("--top", type=int, default=0, help="text output: show only the K most likely classes")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        output = run(args.model, args.inputs, args.clips, args.crops, args.device)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(output, indent=1) if args.json else format_text(output, args.top or len(output["classes"])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

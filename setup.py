@@ -1,0 +1,44 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="lgiformer",
+    version="0.1.0",
+    description="MAE-DFER: self-supervised video pretraining (LGI-Former) for dynamic facial expression "
+    "recognition and facial action unit detection",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=find_packages(include=["lgiformer", "lgiformer.*", "data_lists"]),
+    package_data={"lgiformer.data": ["datasets.yaml"]},
+    # torch is not pinned here: GPU users keep their CUDA build. scripts/install.sh pins the CPU build on
+    # machines without a GPU (see constraints.txt).
+    install_requires=[
+        "torch>=2.1",
+        "timm>=1.0",
+        "einops>=0.7",
+        "numpy",
+        "safetensors>=0.4",
+        "pyyaml",
+        "tqdm",
+        "tensorboard",
+        "pillow",
+        "av>=11",
+        "deepspeed>=0.14",
+        "matplotlib",
+    ],
+    extras_require={
+        "decord": ["decord>=0.6"],
+        "hf": ["transformers>=4.40"],
+        "test": ["pytest>=7", "decord>=0.6", "transformers>=4.40"],
+    },
+    entry_points={
+        "console_scripts": [
+            "lgiformer-convert=lgiformer.convert:main",
+            "lgiformer-predict=lgiformer.predict:main",
+            "lgiformer-release=lgiformer.release:main",
+        ]
+    },
+)

@@ -1,0 +1,86 @@
+"""Smoke tests for the benchmark scripts: the reference-mode LGI-Former and the JSON output (tiny configs)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._reference_lgi import ReferenceLGIBlock, reference_lgiformer_from  # noqa: E402
+from benchmarks.common import RunConfig, parse_spec  # noqa: E402
+from lgiformer.masking import MaskGenerator  # noqa: E402
+from lgiformer.models import create_model  # noqa: E402
+
+TINY = dict(img_size=32, num_frames=4, embed_dim=32, depth=2, num_heads=2, region_size=(1, 1, 2))
+
+
+@pytest.mark.parametrize("pool", ["region", ""])
+def test_reference_mode_loads_our_weights_and_matches(pool):
+    kw = dict(num_classes=5, global_pool=pool) if pool else dict(num_classes=0, global_pool="")
+    model = create_model("lgiformer_tiny_patch16_160", **kw, **TINY).eval()
+    ref = reference_lgiformer_from(model)
+    assert all(isinstance(b, ReferenceLGIBlock) for b in ref.blocks)
+    assert list(ref.state_dict()) == list(model.state_dict())
+    ref.load_state_dict(model.state_dict(), strict=True)
+    x = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ref(x), model(x), atol=1e-4, rtol=0)
+
+
+def test_reference_mode_matches_with_visible_tokens_and_gradients():
+    enc = create_model("lgiformer_tiny_patch16_160", num_classes=0, global_pool="", **TINY)
+    ref = reference_lgiformer_from(enc)
+    x = torch.randn(2, 3, 4, 32, 32)
+    mask = MaskGenerator(enc.layout, "region_balanced", 0.5)(2)
+    ours, theirs = enc.forward_features(x, mask), ref.forward_features(x, mask)
+    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
+    ours.square().mean().backward()
+    theirs.square().mean().backward()
+    for (name, p), q in zip(enc.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-4, rtol=1e-3, msg=name)
+
+
+def test_reference_mode_is_lgiformer_only():
+    with pytest.raises(TypeError):
+        reference_lgiformer_from(create_model("vit_tiny_patch16_160", img_size=32, num_frames=4, depth=1))
+    with pytest.raises(ValueError):
+        RunConfig(model="vit_tiny_patch16_160", impl="reference")
+
+
+def test_parse_spec_overrides_the_command_line():
+    base = RunConfig(batch=2, depth=4)
+    cfg = parse_spec("lgiformer_base_patch16_160:impl=reference,depth=2,region=2x7x7,img_size=224", base)
+    assert (cfg.impl, cfg.depth, cfg.batch, cfg.region, cfg.img_size) == ("reference", 2, 2, (2, 7, 7), 224)
+    with pytest.raises(ValueError):
+        parse_spec("lgiformer_base_patch16_160:nope=1", base)
+
+
+def test_throughput_json_on_a_tiny_config(capsys):
+    from benchmarks import throughput
+
+    throughput.main(["--model", "lgiformer_tiny_patch16_160", "--frames", "4", "--img-size", "32", "--depth", "1",
+                     "--region", "1x1x2", "--batch", "1", "--iters", "1", "--warmup", "0", "--threads", "1", "--no-memory", "--json",
+                     "--compare", "lgiformer_tiny_patch16_160", "lgiformer_tiny_patch16_160:impl=reference",
+                     "vit_tiny_patch16_160:mode=pretrain"])
+    result = json.loads(capsys.readouterr().out)
+    assert {"environment", "iters", "warmup", "results", "ratios"} <= set(result)
+    rows = result["results"]
+    assert [r["impl"] for r in rows] == ["ours", "reference", "ours"] and rows[2]["mode"] == "pretrain"
+    for r in rows:
+        assert {"label", "model", "mode", "batch", "params_m", "step_time_s", "clips_per_s", "peak_mb",
+                "saved_mb", "memory_method"} <= set(r)
+        assert r["step_time_s"] > 0 and r["clips_per_s"] > 0 and r["saved_mb"] > 0
+    assert result["ratios"][0]["time_ratio"] == 1.0
+
+
+def test_memory_probe_reports_a_positive_peak():
+    from benchmarks.common import _probe_in_process
+
+    cfg = RunConfig(model="lgiformer_tiny_patch16_160", batch=1, frames=4, img_size=32, depth=1, region=(1, 1, 2))
+    mem = _probe_in_process(cfg)
+    assert mem["peak_total_mb"] > 0 and mem["peak_mb"] is not None and "VmHWM" in mem["memory_method"]

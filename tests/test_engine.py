@@ -1,0 +1,121 @@
+"""The shared engine: schedules, DeepSpeed config, atomic checkpoints, non-finite loss handling."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lgiformer.engine import ds
+from lgiformer.engine.checkpoint import (MARKER, complete_checkpoints, find_checkpoint, load_checkpoint,
+                                         read_fp32_state_dict, save_checkpoint)
+from lgiformer.engine.distributed import init_distributed
+from lgiformer.engine.logger import MeanMeter, RunLogger
+from lgiformer.engine.loop import LoopState, NonFiniteLossError, train_one_epoch
+from lgiformer.engine.schedules import apply_schedule, cosine_schedule
+
+
+def test_cosine_schedule_warmup_and_floor():
+    values = cosine_schedule(1.0, 0.1, total_steps=20, warmup_steps=5, warmup_start=0.0)
+    assert len(values) == 20
+    np.testing.assert_allclose(values[:5], [0.0, 0.2, 0.4, 0.6, 0.8])
+    assert values[5] == pytest.approx(1.0)
+    assert np.all(np.diff(values[5:]) <= 1e-12) and values[-1] > 0.1 and values[-1] < 0.12
+    half = 5 + 15 // 2
+    assert values[half] == pytest.approx(0.1 + 0.45 * (1 + np.cos(np.pi * 7 / 15)))
+
+
+def test_apply_schedule_respects_layer_scale_and_no_decay_groups():
+    p1, p2 = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([{"params": [p1], "weight_decay": 0.05, "lr_scale": 0.5},
+                             {"params": [p2], "weight_decay": 0.0}], lr=1.0)
+    apply_schedule(opt, lr=2.0, weight_decay=0.1)
+    assert [g["lr"] for g in opt.param_groups] == [1.0, 2.0]
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    apply_schedule(opt, lr=2.0, weight_decay=0.0)
+    apply_schedule(opt, lr=2.0, weight_decay=0.2)  # a decayed group stays decayed after passing through 0
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.2, 0.0]
+
+
+def test_deepspeed_config_from_ours():
+    cfg = ds.deepspeed_config(4, 2, 8, "bf16", 2, 1.0)
+    assert cfg["train_batch_size"] == 64 and cfg["gradient_accumulation_steps"] == 2
+    assert "bf16" not in cfg and cfg["zero_optimization"]["stage"] == 2  # bf16 is autocast over fp32 weights
+    assert cfg["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+    assert cfg["gradient_clipping"] == 1.0 and "optimizer" not in cfg and "fp16" not in cfg
+    assert ds.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        ds.resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_mean_meter_never_averages_non_finite():
+    meter = MeanMeter()
+    meter.update(loss=1.0, grad_norm=float("inf"))
+    meter.update(loss=3.0, grad_norm=2.0)
+    meter.update(loss=float("nan"))
+    assert meter.mean("loss") == 2.0 and meter.mean("grad_norm") == 2.0
+    assert meter.nonfinite == {"grad_norm": 1, "loss": 1}
+
+
+@pytest.fixture(scope="module")
+def engine():
+    init_distributed("cpu")
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    groups = [{"params": list(model.parameters()), "weight_decay": 0.0}]
+    eng, _ = ds.initialize(model, groups, lr=0.1, betas=(0.9, 0.999), eps=1e-8, micro_batch=2, accum_steps=1,
+                           world_size=1, precision="fp32", zero_stage=0, clip_grad=None)
+    return eng
+
+
+def _step_fn(engine, batch):
+    x, y = batch
+    return {"loss": ((engine(x) - y) ** 2).mean()}
+
+
+def _run(engine, batches, state=None, max_nonfinite=3, tmp_path=None):
+    state = state or LoopState()
+    lr = np.full(100, 0.01)
+    return state, train_one_epoch(engine, batches, _step_fn, state, lr_values=lr, wd_values=np.zeros(100),
+                                  steps_in_epoch=len(batches), seed=0, rank=0,
+                                  logger=RunLogger(tmp_path, enabled=False), log_every=1,
+                                  max_nonfinite=max_nonfinite, progress=False)
+
+
+def test_non_finite_losses_are_skipped_counted_and_abort(engine, tmp_path):
+    good = (torch.randn(2, 4), torch.randn(2, 1))
+    bad = (torch.full((2, 4), float("nan")), torch.randn(2, 1))
+    before = [p.detach().clone() for p in engine.module.parameters()]
+    state, stats = _run(engine, [bad, good, bad, good], tmp_path=tmp_path)
+    assert state.skipped_steps == 2 and state.step == 2 and state.batch_in_epoch == 4
+    assert np.isfinite(stats["loss"]) and stats["nonfinite_loss"] == 1.0
+    assert all(torch.isfinite(p).all() for p in engine.module.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, engine.module.parameters()))
+    with pytest.raises(NonFiniteLossError, match="3 consecutive non-finite losses"):
+        _run(engine, [good, bad, bad, bad, good], tmp_path=tmp_path)
+
+
+def test_checkpoint_save_is_atomic_and_pruned(engine, tmp_path):
+    root = tmp_path / "checkpoints"
+    for step in (1, 2, 3):
+        save_checkpoint(engine, root, {"epoch": step, "step": step, "loop": {}}, keep_last=2, is_main=True)
+    names = [p.name for p in complete_checkpoints(root)]
+    assert names == ["epoch0002_step00000002", "epoch0003_step00000003"]
+    # a save killed half-way: a .tmp directory without the marker, and a newer-looking folder without it
+    (root / ".tmp_epoch0004_step00000004").mkdir()
+    (root / "epoch0005_step00000005").mkdir()
+    assert find_checkpoint(root).name == "epoch0003_step00000003"
+    assert json.loads((find_checkpoint(root) / MARKER).read_text())["step"] == 3
+    weights = {k: v.clone() for k, v in engine.module.state_dict().items()}
+    sd = read_fp32_state_dict(find_checkpoint(root))
+    assert all(torch.equal(sd[k], v) for k, v in weights.items())
+    with torch.no_grad():
+        for p in engine.module.parameters():
+            p.add_(1.0)
+    state = load_checkpoint(engine, find_checkpoint(root))
+    assert state["step"] == 3
+    assert all(torch.equal(engine.module.state_dict()[k], v) for k, v in weights.items())
+    save_checkpoint(engine, root, {"epoch": 6, "step": 6, "loop": {}}, keep_last=2, is_main=True)
+    assert not any(p.name.startswith(".tmp") for p in root.iterdir())  # stale partial saves are cleaned up
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        find_checkpoint(tmp_path / "empty")

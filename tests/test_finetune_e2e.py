@@ -1,0 +1,65 @@
+"""End to end: pretrain -> release -> finetune/run.py -> test report -> finetuned release -> predict CLI."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def _env():
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+def _run(args):
+    proc = subprocess.run([PY, *args], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ft")
+    _run(["pretrain/run.py", "--config", "tests/configs/tiny_pretrain.yaml", "--run.output_dir", str(tmp / "pt"),
+          "--data.data_root", str(tmp / "data"), "--optim.epochs", "1", "--optim.warmup_epochs", "0"])
+    _run(["finetune/run.py", "--config", "tests/configs/tiny_finetune.yaml", "--run.output_dir", str(tmp / "ft"),
+          "--data.data_root", str(tmp / "data"), "--pretrained", str(tmp / "pt" / "release")])
+    return tmp
+
+
+def test_finetune_reports_loaded_keys_and_writes_test_reports(finetuned):
+    out = finetuned / "ft"
+    report = json.loads((out / "load_report.json").read_text())
+    assert report["format"] == "release" and len(report["loaded"]) > 20
+    assert sorted(report["new"]) == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
+    assert set(report["ignored"]) == {"norm.weight", "norm.bias"}
+    metrics = json.loads((out / "test_metrics.json").read_text())
+    assert metrics["select"] in ("best_val", "last") and 0.0 <= metrics["uar"] <= 1.0 and 0.0 <= metrics["war"] <= 1.0
+    rows = list(csv.DictReader(open(out / "test_predictions.csv")))
+    assert len(rows) == 7 and {r["label_name"] for r in rows} == {"Happy", "Sad", "Neutral", "Angry", "Surprise",
+                                                                  "Disgust", "Fear"}
+    assert (out / "test_confusion.png").stat().st_size > 0
+    epochs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [0, 1] and all("val_uar" in e for e in epochs)
+
+
+def test_predict_cli_on_the_finetuned_release(finetuned):
+    release = finetuned / "ft" / "release"
+    config = json.loads((release / "config.json").read_text())
+    assert config["class_names"][0] == "Happy" and config["model_args"]["num_classes"] == 7
+    inputs = [str(finetuned / "data" / "labeled" / "frames" / name) for name in ("00000", "00007")]
+    proc = _run(["-m", "lgiformer.predict", "--model", str(release), *inputs, "--json"])
+    out = json.loads(proc.stdout)
+    assert [r["input"] for r in out["results"]] == inputs
+    for result in out["results"]:
+        assert set(result["probabilities"]) == set(config["class_names"])
+        assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert result["prediction"] == max(result["probabilities"], key=result["probabilities"].get)

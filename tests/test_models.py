@@ -1,0 +1,132 @@
+import pytest
+import torch
+
+from lgiformer.models import build_pretrain_model, create_model
+from lgiformer.optim import param_groups
+
+TINY = dict(img_size=32, num_frames=4, embed_dim=32, depth=2, num_heads=2)
+
+
+@pytest.mark.parametrize("pool", ["region", "local", "all"])
+def test_lgiformer_shapes_finetune_mode(pool):
+    model = create_model("lgiformer_tiny_patch16_160", num_classes=5, region_size=(1, 1, 2), global_pool=pool, **TINY)
+    x = torch.randn(2, 3, 4, 32, 32)
+    feats = model.forward_features(x)
+    assert feats.shape == (2, 4 + 8, 32)  # 4 regions of 2 tokens
+    assert model.num_prefix_tokens == 4 and model.grid_size == (2, 2, 2)
+    assert model(x).shape == (2, 5)
+
+
+def test_lgiformer_visible_token_mode_keeps_ten_per_region_at_base_layout():
+    mae = build_pretrain_model("lgiformer_tiny_patch16_160", embed_dim=32, depth=1, num_heads=2,
+                               decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    seen = {}
+    def record(module, args):
+        seen["shape"] = args[0].shape
+
+    mae.encoder.blocks[0].register_forward_pre_hook(record)
+    x = torch.randn(1, 3, 16, 160, 160)
+    mask = mae.masker(1)
+    feats = mae.encoder.forward_features(x, mask)
+    assert seen["shape"] == (1, 8, 1 + 10, 32), "8 regions x (1 representative + 10 visible tokens)"
+    assert feats.shape == (1, 8 + 80, 32)
+
+
+def test_lgiformer_rejects_unbalanced_mask():
+    model = create_model("lgiformer_tiny_patch16_160", region_size=(1, 1, 2), global_pool="", **TINY)
+    mask = torch.zeros(1, 8, dtype=torch.bool)
+    mask[0, :3] = True
+    with pytest.raises(ValueError, match="region_balanced"):
+        model.forward_features(torch.randn(1, 3, 4, 32, 32), mask)
+
+
+def test_finetune_features_are_raster_ordered():
+    """Local tokens come back in raster order: a patch change moves only its own token's first-layer input."""
+    model = create_model("lgiformer_tiny_patch16_160", region_size=(1, 1, 2), **{**TINY, "depth": 0})
+    x = torch.randn(1, 3, 4, 32, 32)
+    base = model.forward_features(x)
+    y = x.clone()
+    y[:, :, 2:4, 16:32, 0:16] += 1.0  # raster token (t=1, h=1, w=0) -> index 1*4 + 1*2 + 0 = 6
+    changed = (model.forward_features(y) - base).abs().sum(-1)[0, model.num_prefix_tokens:]
+    assert changed.nonzero().flatten().tolist() == [6]
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_160", "vit_small_patch16_160"])
+def test_vit_shapes(name):
+    model = create_model(name, num_classes=3, img_size=32, num_frames=4, depth=1)
+    x = torch.randn(2, 3, 4, 32, 32)
+    assert model.forward_features(x).shape == (2, 8, model.embed_dim)
+    assert model(x).shape == (2, 3)
+
+
+@pytest.mark.parametrize("encoder,mask_type", [("lgiformer_tiny_patch16_160", "region_balanced"),
+                                               ("vit_tiny_patch16_160", "tube"),
+                                               ("vit_tiny_patch16_160", "random")])
+def test_pretrain_model_shapes_and_gradients(encoder, mask_type):
+    kwargs = dict(region_size=(1, 1, 2)) if encoder.startswith("lgi") else {}
+    mae = build_pretrain_model(encoder, img_size=32, num_frames=4, embed_dim=32, depth=1, num_heads=2,
+                               decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2, mask_type=mask_type,
+                               mask_ratio=0.5, **kwargs)
+    x = torch.randn(2, 3, 4, 32, 32)
+    mask = mae.masker(2)
+    pred = mae.predict(x, mask)
+    assert pred.shape == (2, int(mask[0].sum()), 2 * 16 * 16 * 3)
+    out = mae(x, mask)
+    assert set(out) == {"loss", "loss_appearance", "loss_motion"}
+    out["loss"].backward()
+    assert mae.mask_token.grad.abs().sum() > 0
+    if encoder.startswith("lgi"):
+        assert mae.encoder.lg_region_tokens.grad.abs().sum() > 0
+    images = mae.reconstruction_images(x)
+    assert images["input"].shape == (4, 3, 32, 32) and images["pred_motion"].shape == (2, 3, 32, 32)
+    assert all(0 <= float(v.min()) and float(v.max()) <= 1 for v in images.values())
+
+
+def test_decoder_positions_follow_token_identity():
+    """REFERENCE defect 1: each masked prediction must depend on its own token's decoder position."""
+    mae = build_pretrain_model("lgiformer_tiny_patch16_160", img_size=32, num_frames=4, embed_dim=32, depth=1,
+                               num_heads=2, region_size=(1, 1, 2), decoder_embed_dim=16, decoder_depth=0,
+                               decoder_num_heads=2, mask_ratio=0.5).eval()
+    x = torch.randn(1, 3, 4, 32, 32)
+    mask = mae.masker(1)
+    # With no decoder blocks each prediction is head(norm(mask_token + pos[token])): check against the table.
+    pred = mae.predict(x, mask)
+    pos = mae.decoder_pos_embed[mask[0]]
+    expected = mae.decoder.head(mae.decoder.norm(mae.mask_token[0] + pos))
+    torch.testing.assert_close(pred[0], expected)
+    # And the table itself is the raster sinusoid reordered by the one layout.
+    from lgiformer.tokens import sinusoid_table
+    torch.testing.assert_close(mae.layout.to_raster(mae.decoder_pos_embed, dim=0), sinusoid_table(8, 16))
+
+
+def test_weight_decay_groups_exclude_what_they_must():
+    mae = build_pretrain_model("lgiformer_tiny_patch16_160", img_size=32, num_frames=4, embed_dim=32, depth=1,
+                               num_heads=2, region_size=(1, 1, 2), decoder_embed_dim=16, decoder_depth=1,
+                               decoder_num_heads=2, mask_ratio=0.5)
+    names = {id(p): n for n, p in mae.named_parameters()}
+    groups = param_groups(mae, weight_decay=0.05)
+    no_decay = {names[id(p)] for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    decay = {names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert {"mask_token", "encoder.lg_region_tokens"} <= no_decay
+    assert all(n.endswith("bias") or "norm" in n or n in {"mask_token", "encoder.lg_region_tokens"}
+               for n in no_decay)
+    assert "encoder.blocks.0.first_attn.q.weight" in decay and "decoder.head.weight" in decay
+    assert not any("norm" in n or n.endswith("bias") for n in decay)
+
+
+def test_layer_decay_groups_scale_by_depth():
+    model = create_model("lgiformer_tiny_patch16_160", num_classes=3, region_size=(1, 1, 2), **TINY)
+    groups = param_groups(model, 0.05, layer_decay=0.5)
+    names = {id(p): n for n, p in model.named_parameters()}
+    scale = {names[id(p)]: g["lr_scale"] for g in groups for p in g["params"]}
+    assert scale["head.weight"] == 1.0
+    assert scale["blocks.1.mlp.fc1.weight"] == 0.5
+    assert scale["blocks.0.mlp.fc1.weight"] == 0.25
+    assert scale["patch_embed.proj.weight"] == 0.125 and scale["lg_region_tokens"] == 0.125
+
+
+def test_base_sizes():
+    model = create_model("lgiformer_base_patch16_160", num_classes=7)
+    n = sum(p.numel() for p in model.parameters())
+    assert abs(n - 84.88e6) / 84.88e6 < 0.01
+    assert (model.embed_dim, len(model.blocks), model.layout.region) == (512, 16, (2, 5, 10))

@@ -1,0 +1,159 @@
+"""End to end: pretrain/run.py in one process and under torchrun, resume after SIGKILL, release round trip."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "tests" / "configs" / "tiny_pretrain.yaml"
+PY = sys.executable
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    from lgiformer.data import ensure_synthetic
+
+    root = tmp_path_factory.mktemp("synthetic")
+    ensure_synthetic(root, size=64, num_frames=12, unlabeled_clips=8, parts="unlabeled", progress=False)
+    return root
+
+
+def _env():
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+def _args(out, synthetic, *extra):
+    return ["--config", str(CONFIG), "--run.output_dir", str(out), "--data.data_root", str(synthetic), *extra]
+
+
+def _pretrain(out, synthetic, *extra, nproc=1, check=True):
+    if nproc == 1:
+        cmd = [PY, str(ROOT / "pretrain" / "run.py")]
+    else:
+        cmd = [PY, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               str(ROOT / "pretrain" / "run.py")]
+    proc = subprocess.run(cmd + _args(out, synthetic, *extra), cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def _steps(out):
+    """Last logged loss of every optimiser step (a resumed run logs the replayed steps again)."""
+    losses = {}
+    for line in (Path(out) / "steps.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        losses[(rec["epoch"], rec["batch"])] = rec["loss"]
+    return losses
+
+
+def test_single_process_run_leaves_everything(tmp_path, synthetic):
+    out = tmp_path / "run"
+    _pretrain(out, synthetic)
+    epochs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [0, 1, 2]
+    assert all(e["train_loss"] > 0 for e in epochs)
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("epoch"))
+    assert ckpts == ["epoch0001_step00000004", "epoch0002_step00000008", "epoch0003_step00000012"]
+    assert (out / "config.yaml").is_file() and "effective_lr" in (out / "config.yaml").read_text()
+    assert list((out / "images").glob("*.png")) and list((out / "tensorboard").iterdir())
+    # the release: safetensors + config.json, and the same encoder outputs as the checkpoint's weights
+    import lgiformer
+    from lgiformer.engine.checkpoint import find_checkpoint, read_fp32_state_dict
+
+    release = out / "release"
+    config = json.loads((release / "config.json").read_text())
+    assert config["format"] == "lgiformer-release" and config["model_args"]["embed_dim"] == 32
+    assert config["training"]["step"] == 12
+    encoder = lgiformer.load_release(release)
+    sd = read_fp32_state_dict(find_checkpoint(out))
+    weights = load_file(str(release / "model.safetensors"))
+    assert set(weights) == {k[len("encoder."):] for k in sd if k.startswith("encoder.")}
+    assert all(torch.equal(weights[k], sd["encoder." + k]) for k in weights)
+    clips = torch.randn(2, 3, 4, 64, 64)
+    from lgiformer.models import create_model
+
+    again = create_model(config["model_name"], **config["model_args"]).eval()
+    again.load_state_dict({k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")})
+    with torch.no_grad():
+        torch.testing.assert_close(encoder.forward_features(clips), again.forward_features(clips))
+
+
+def test_two_processes_match_one_process(tmp_path, synthetic):
+    """Same global batch (2 x 2 vs 1 x 4): the same weights after the same steps, within fp32 tolerance."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = ("--optim.epochs", "2", "--release_dir", "none")
+    _pretrain(one, synthetic, "--run.batch_size", "4", *common)
+    _pretrain(two, synthetic, "--run.batch_size", "2", *common, nproc=2)
+    from lgiformer.engine.checkpoint import find_checkpoint, read_fp32_state_dict
+
+    a, b = read_fp32_state_dict(find_checkpoint(one)), read_fp32_state_dict(find_checkpoint(two))
+    assert find_checkpoint(one).name == find_checkpoint(two).name == "epoch0002_step00000004"
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=2e-5, msg=key)
+    assert any(not torch.equal(a[k], torch.zeros_like(a[k])) for k in a)
+
+
+def test_sigkill_mid_epoch_then_resume_auto_matches_uninterrupted_run(tmp_path, synthetic):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    _pretrain(full, synthetic, "--release_dir", "none")
+    proc = subprocess.Popen([PY, str(ROOT / "pretrain" / "run.py"), *_args(cut, synthetic, "--release_dir", "none")],
+                            cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill in the middle of epoch 1, after its first checkpoint exists
+        steps = cut / "steps.jsonl"
+        if steps.is_file() and any(json.loads(l)["epoch"] == 1 and json.loads(l)["batch"] >= 2
+                                   for l in steps.read_text().splitlines()):
+            break
+        if proc.poll() is not None:
+            pytest.fail("the run ended before it could be killed")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    from lgiformer.engine.checkpoint import complete_checkpoints
+
+    assert [p.name for p in complete_checkpoints(cut / "checkpoints")] == ["epoch0001_step00000004"]
+    _pretrain(cut, synthetic, "--release_dir", "none", "--run.resume", "auto")
+    reference, resumed = _steps(full), _steps(cut)
+    assert sorted(reference) == sorted(resumed)
+    after_resume = [k for k in reference if k[0] >= 1]
+    assert len(after_resume) == 8
+    for key in after_resume:
+        assert resumed[key] == pytest.approx(reference[key], rel=1e-5, abs=1e-6), key
+
+
+def test_sigterm_saves_a_mid_epoch_checkpoint_and_resume_continues(tmp_path, synthetic):
+    out = tmp_path / "term"
+    proc = subprocess.Popen([PY, str(ROOT / "pretrain" / "run.py"), *_args(out, synthetic, "--release_dir", "none")],
+                            cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not ((out / "steps.jsonl").is_file() and
+                                          len((out / "steps.jsonl").read_text().splitlines()) >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-2000:]
+    from lgiformer.engine.checkpoint import find_checkpoint, read_client_state
+
+    state = read_client_state(find_checkpoint(out))
+    assert state["loop"]["batch_in_epoch"] > 0  # saved in the middle of an epoch
+    _pretrain(out, synthetic, "--release_dir", "none", "--run.resume", "auto")
+    assert find_checkpoint(out).name == "epoch0003_step00000012"
+
+
+def test_config_errors_are_clear(tmp_path):
+    proc = subprocess.run([PY, str(ROOT / "pretrain" / "run.py"), "--run.batch_sise", "3"], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "unknown key 'batch_sise'" in proc.stderr and "did you mean batch_size" in proc.stderr
