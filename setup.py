@@ -32,7 +32,7 @@ setup(
     extras_require={
         "decord": ["decord>=0.6"],
         "hf": ["transformers>=4.40"],
-        "test": ["pytest>=7", "decord>=0.6", "transformers>=4.40"],
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "decord>=0.6", "transformers>=4.40"],
     },
     entry_points={
         "console_scripts": [
