@@ -2,21 +2,16 @@
 finetune + evaluation through ``finetune/run.py --task au`` on a tiny synthetic AU set."""
 import csv
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from _cli import run
 from lgiformer.engine.finetune_au import (AUModel, au_metrics, load_au_model, split_by_subject, training_rates,
                                           window_positions)
 
-ROOT = Path(__file__).resolve().parents[1]
-PY = sys.executable
 SYNTHETIC_AUS = ["AU1", "AU2", "AU4", "AU6", "AU9", "AU12", "AU15", "AU25", "AU26"]
 
 
@@ -136,23 +131,14 @@ def test_au_model_moke_freezes_the_encoder_and_exposes_expert_logits():
 
 
 # ---------------------------------------------------------------------------------------------- end to end
-def _env():
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
-
-
 @pytest.fixture(scope="module")
 def au_run(tmp_path_factory):
     from lgiformer.data.synthetic import ensure_synthetic
 
     tmp = tmp_path_factory.mktemp("au")
     ensure_synthetic(tmp / "data", parts="au", size=64, au_clips=6, au_subjects=3, au_frames=12, progress=False)
-    args = [PY, "finetune/run.py", "--config", "tests/configs/tiny_au.yaml", "--task", "au",
-            "--run.output_dir", str(tmp / "run"), "--data.data_root", str(tmp / "data")]
-    proc = subprocess.run(args, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    run(["finetune/run.py", "--config", "tests/configs/tiny_au.yaml", "--task", "au",
+         "--run.output_dir", tmp / "run", "--data.data_root", tmp / "data"])
     return tmp
 
 

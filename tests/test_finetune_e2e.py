@@ -1,37 +1,19 @@
 """End to end: pretrain -> release -> finetune/run.py -> test report -> finetuned release -> predict CLI."""
 import csv
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-PY = sys.executable
-
-
-def _env():
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
-
-
-def _run(args):
-    proc = subprocess.run([PY, *args], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return proc
+from _cli import run
 
 
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ft")
-    _run(["pretrain/run.py", "--config", "tests/configs/tiny_pretrain.yaml", "--run.output_dir", str(tmp / "pt"),
-          "--data.data_root", str(tmp / "data"), "--optim.epochs", "1", "--optim.warmup_epochs", "0"])
-    _run(["finetune/run.py", "--config", "tests/configs/tiny_finetune.yaml", "--run.output_dir", str(tmp / "ft"),
-          "--data.data_root", str(tmp / "data"), "--pretrained", str(tmp / "pt" / "release")])
+    run(["pretrain/run.py", "--config", "tests/configs/tiny_pretrain.yaml", "--run.output_dir", str(tmp / "pt"),
+         "--data.data_root", str(tmp / "data"), "--optim.epochs", "1", "--optim.warmup_epochs", "0"])
+    run(["finetune/run.py", "--config", "tests/configs/tiny_finetune.yaml", "--run.output_dir", str(tmp / "ft"),
+         "--data.data_root", str(tmp / "data"), "--pretrained", str(tmp / "pt" / "release")])
     return tmp
 
 
@@ -56,7 +38,7 @@ def test_predict_cli_on_the_finetuned_release(finetuned):
     config = json.loads((release / "config.json").read_text())
     assert config["class_names"][0] == "Happy" and config["model_args"]["num_classes"] == 7
     inputs = [str(finetuned / "data" / "labeled" / "frames" / name) for name in ("00000", "00007")]
-    proc = _run(["-m", "lgiformer.predict", "--model", str(release), *inputs, "--json"])
+    proc = run(["-m", "lgiformer.predict", "--model", str(release), *inputs, "--json"])
     out = json.loads(proc.stdout)
     assert [r["input"] for r in out["results"]] == inputs
     for result in out["results"]:

@@ -1,9 +1,7 @@
 """End to end: pretrain/run.py in one process and under torchrun, resume after SIGKILL, release round trip."""
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -11,9 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from _cli import kill_tree, run, start
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "tests" / "configs" / "tiny_pretrain.yaml"
-PY = sys.executable
 
 
 @pytest.fixture(scope="module")
@@ -25,28 +24,14 @@ def synthetic(tmp_path_factory):
     return root
 
 
-def _env():
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
-
 
 def _args(out, synthetic, *extra):
     return ["--config", str(CONFIG), "--run.output_dir", str(out), "--data.data_root", str(synthetic), *extra]
 
 
 def _pretrain(out, synthetic, *extra, nproc=1, check=True):
-    if nproc == 1:
-        cmd = [PY, str(ROOT / "pretrain" / "run.py")]
-    else:
-        cmd = [PY, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               str(ROOT / "pretrain" / "run.py")]
-    proc = subprocess.run(cmd + _args(out, synthetic, *extra), cwd=ROOT, env=_env(), capture_output=True, text=True,
-                          timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
+    launcher = [] if nproc == 1 else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return run([*launcher, "pretrain/run.py", *_args(out, synthetic, *extra)], check=check)
 
 
 def _steps(out):
@@ -108,8 +93,8 @@ def test_two_processes_match_one_process(tmp_path, synthetic):
 def test_sigkill_mid_epoch_then_resume_auto_matches_uninterrupted_run(tmp_path, synthetic):
     full, cut = tmp_path / "full", tmp_path / "cut"
     _pretrain(full, synthetic, "--release_dir", "none")
-    proc = subprocess.Popen([PY, str(ROOT / "pretrain" / "run.py"), *_args(cut, synthetic, "--release_dir", "none")],
-                            cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start(["pretrain/run.py", *_args(cut, synthetic, "--release_dir", "none")],
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline:  # kill in the middle of epoch 1, after its first checkpoint exists
         steps = cut / "steps.jsonl"
@@ -119,8 +104,7 @@ def test_sigkill_mid_epoch_then_resume_auto_matches_uninterrupted_run(tmp_path, 
         if proc.poll() is not None:
             pytest.fail("the run ended before it could be killed")
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_tree(proc)
     from lgiformer.engine.checkpoint import complete_checkpoints
 
     assert [p.name for p in complete_checkpoints(cut / "checkpoints")] == ["epoch0001_step00000004"]
@@ -135,14 +119,17 @@ def test_sigkill_mid_epoch_then_resume_auto_matches_uninterrupted_run(tmp_path, 
 
 def test_sigterm_saves_a_mid_epoch_checkpoint_and_resume_continues(tmp_path, synthetic):
     out = tmp_path / "term"
-    proc = subprocess.Popen([PY, str(ROOT / "pretrain" / "run.py"), *_args(out, synthetic, "--release_dir", "none")],
-                            cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = start(["pretrain/run.py", *_args(out, synthetic, "--release_dir", "none")],
+                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and not ((out / "steps.jsonl").is_file() and
                                           len((out / "steps.jsonl").read_text().splitlines()) >= 2):
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
+    proc.send_signal(signal.SIGTERM)  # the run itself only, as Slurm's preemption signal reaches it
+    try:
+        _, err = proc.communicate(timeout=300)
+    finally:
+        kill_tree(proc)
     assert proc.returncode == 143, err[-2000:]
     from lgiformer.engine.checkpoint import find_checkpoint, read_client_state
 
@@ -153,7 +140,6 @@ def test_sigterm_saves_a_mid_epoch_checkpoint_and_resume_continues(tmp_path, syn
 
 
 def test_config_errors_are_clear(tmp_path):
-    proc = subprocess.run([PY, str(ROOT / "pretrain" / "run.py"), "--run.batch_sise", "3"], cwd=ROOT, env=_env(),
-                          capture_output=True, text=True, timeout=120)
+    proc = run(["pretrain/run.py", "--run.batch_sise", "3"], timeout=120, check=False)
     assert proc.returncode == 2
     assert "unknown key 'batch_sise'" in proc.stderr and "did you mean batch_size" in proc.stderr
