@@ -84,3 +84,18 @@ def test_memory_probe_reports_a_positive_peak():
     cfg = RunConfig(model="lgiformer_tiny_patch16_160", batch=1, frames=4, img_size=32, depth=1, region=(1, 1, 2))
     mem = _probe_in_process(cfg)
     assert mem["peak_total_mb"] > 0 and mem["peak_mb"] is not None and "VmHWM" in mem["memory_method"]
+
+
+def test_pretrain_effect_table_and_paired_differences():
+    from benchmarks.pretrain_effect import sizes, summarize
+
+    r = {"LGI app+motion": {1: {"uar": 0.30, "war": 0.35}, 2: {"uar": 0.40, "war": 0.45}},
+         "LGI appearance": {1: {"uar": 0.25, "war": 0.30}, 2: {"uar": 0.40, "war": 0.40}},
+         "LGI scratch": {1: {"uar": 0.20, "war": 0.20}, 2: {"uar": 0.20, "war": 0.25}}}
+    table = summarize(r, [1, 2])
+    assert "| LGI app+motion | 30.0 / 35.0 | 40.0 / 45.0 | 35.0 +- 7.1 | 40.0 |" in table
+    # pretrained - scratch per fold: +10, +20 -> mean +15, sample std 7.1; motion - appearance: +5, 0
+    assert "LGI app+motion minus LGI scratch: UAR +15.0 +- 7.1 points over folds 1: +10.0, 2: +20.0" in table
+    assert "LGI app+motion minus LGI appearance: UAR +2.5 +- 3.5 points" in table
+    assert sizes(45) == dict(unlabeled=540, per_class=3, pre_epochs=3, ft_epochs=9)
+    assert sizes(90)["unlabeled"] == 1080 and sizes(90)["ft_epochs"] == 18
