@@ -148,6 +148,21 @@ def list_path(path: Path, opts: BuildOptions) -> str:
     return text
 
 
+def keep_clips_with_frames(clips: Iterable[tuple[int, Path, int]], source: Path, opts: BuildOptions,
+                           report: BuildReport) -> list[tuple[str, int]]:
+    """(list path, label) for each (line, frame folder, label) of ``source`` whose folder holds frames. A missing or
+    empty folder is skipped and counted (an error with --strict); no usable clip in the whole file is an error."""
+    rows = []
+    for line, folder, label in clips:
+        if count_frames(folder) == 0:
+            report.skip("missing or empty frame folder", str(folder), opts.strict, source, line)
+            continue
+        rows.append((list_path(folder, opts), label))
+    if not rows:
+        raise ListBuildError("no usable clips (are the frame folders at the expected place?)", source)
+    return rows
+
+
 # ----------------------------------------------------------------------------------------------- reading
 def read_lines(path: Path) -> Iterator[tuple[int, str]]:
     """Non-empty lines with their 1-based number (BOM and trailing whitespace stripped)."""

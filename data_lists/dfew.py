@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_lists.common import (BuildOptions, BuildReport, ListBuildError, count_frames, frames_root, list_path,
-                               parse_int, read_csv_dicts, require, write_classes, write_fold_lists)
+from data_lists.common import (BuildOptions, BuildReport, frames_root, keep_clips_with_frames, parse_int,
+                               read_csv_dicts, require, write_classes, write_fold_lists)
 
 CLASSES = ("Happy", "Sad", "Neutral", "Angry", "Surprise", "Disgust", "Fear")   # official label k+1 = class k
 SPLIT_DIR = "EmoLabel_DataSplit"
@@ -25,18 +25,13 @@ def split_file(root: Path, split: str, fold: int) -> Path:
 
 def read_split(path: Path, frames: Path, opts: BuildOptions, report: BuildReport) -> list[tuple[str, int]]:
     """(frame folder, 0-based label) for every row whose frame folder holds frames."""
-    rows = []
-    for line, row in read_csv_dicts(path, ("video_name", "label")):
-        video = parse_int(row["video_name"], "video_name (clip number)", path, line, low=1)
-        label = parse_int(row["label"], f"label (1..{len(CLASSES)})", path, line, 1, len(CLASSES)) - 1
-        folder = frames / f"{video:05d}"
-        if count_frames(folder) == 0:
-            report.skip("missing or empty frame folder", str(folder), opts.strict, path, line)
-            continue
-        rows.append((list_path(folder, opts), label))
-    if not rows:
-        raise ListBuildError("no usable rows (are the frame folders at the expected place?)", path)
-    return rows
+    def clips():
+        for line, row in read_csv_dicts(path, ("video_name", "label")):
+            video = parse_int(row["video_name"], "video_name (clip number)", path, line, low=1)
+            label = parse_int(row["label"], f"label (1..{len(CLASSES)})", path, line, 1, len(CLASSES)) - 1
+            yield line, frames / f"{video:05d}", label
+
+    return keep_clips_with_frames(clips(), path, opts, report)
 
 
 def build(opts: BuildOptions) -> BuildReport:

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_lists.common import (BuildOptions, BuildReport, ListBuildError, check_disjoint, count_frames, frames_root,
-                               label_index, list_path, read_lines, require, write_classes, write_video_list)
+from data_lists.common import (BuildOptions, BuildReport, ListBuildError, check_disjoint, frames_root,
+                               keep_clips_with_frames, label_index, read_lines, require, write_classes,
+                               write_video_list)
 
 CLASS_ORDERS = {
     "official": ("Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise"),
@@ -28,21 +29,15 @@ SPLITS = {"train": "train_All.csv", "test": "test_All.csv"}
 def read_split(path: Path, frames: Path, classes: tuple[str, ...], opts: BuildOptions,
                report: BuildReport) -> list[tuple[str, int]]:
     """(frame folder, 0-based label) for each ``path label`` line whose folder holds frames."""
-    rows = []
-    for line, text in read_lines(path):
-        fields = text.rsplit(None, 1)
-        if len(fields) != 2:
-            raise ListBuildError(f"expected '<clip path> <label name>', got {text!r}", path, line)
-        clip, name = fields
-        label = label_index(name, classes, path, line)
-        folder = frames / clip.strip().strip("/")
-        if count_frames(folder) == 0:
-            report.skip("missing or empty frame folder", str(folder), opts.strict, path, line)
-            continue
-        rows.append((list_path(folder, opts), label))
-    if not rows:
-        raise ListBuildError("no usable lines (are the frame folders at the expected place?)", path)
-    return rows
+    def clips():
+        for line, text in read_lines(path):
+            fields = text.rsplit(None, 1)
+            if len(fields) != 2:
+                raise ListBuildError(f"expected '<clip path> <label name>', got {text!r}", path, line)
+            clip, name = fields
+            yield line, frames / clip.strip().strip("/"), label_index(name, classes, path, line)
+
+    return keep_clips_with_frames(clips(), path, opts, report)
 
 
 def build(opts: BuildOptions) -> BuildReport:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_lists.common import (BuildOptions, BuildReport, ListBuildError, count_frames, first_existing, frames_root,
-                               label_index, list_path, read_lines, require, write_classes, write_fold_lists)
+from data_lists.common import (BuildOptions, BuildReport, ListBuildError, first_existing, frames_root,
+                               keep_clips_with_frames, label_index, read_lines, require, write_classes,
+                               write_fold_lists)
 
 CLASSES = ("anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise", "contempt", "anxiety",
            "helplessness", "disappointment")
@@ -22,21 +23,15 @@ FOLDS = 5
 
 def read_split(path: Path, frames: Path, opts: BuildOptions, report: BuildReport) -> list[tuple[str, int]]:
     """(frame folder, 0-based label) for each ``clip label`` line whose folder holds frames."""
-    rows = []
-    for line, text in read_lines(path):
-        fields = text.split()
-        if len(fields) != 2:
-            raise ListBuildError(f"expected '<clip>.mp4 <label name>', got {text!r}", path, line)
-        clip, name = fields
-        label = label_index(name, CLASSES, path, line)
-        folder = frames / Path(clip).stem
-        if count_frames(folder) == 0:
-            report.skip("missing or empty frame folder", str(folder), opts.strict, path, line)
-            continue
-        rows.append((list_path(folder, opts), label))
-    if not rows:
-        raise ListBuildError("no usable lines (are the frame folders at the expected place?)", path)
-    return rows
+    def clips():
+        for line, text in read_lines(path):
+            fields = text.split()
+            if len(fields) != 2:
+                raise ListBuildError(f"expected '<clip>.mp4 <label name>', got {text!r}", path, line)
+            clip, name = fields
+            yield line, frames / Path(clip).stem, label_index(name, CLASSES, path, line)
+
+    return keep_clips_with_frames(clips(), path, opts, report)
 
 
 def build(opts: BuildOptions) -> BuildReport:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import sys
 import typing
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 import yaml
 
@@ -354,3 +355,21 @@ REFERENCE_ALIASES = {
     "cutmix": "data.cutmix", "smoothing": "data.smoothing", "test_num_segment": "data.test_num_clips",
     "test_num_crop": "data.test_num_crops", "fold": "data.fold",
 }
+
+
+def config_main(argv: Sequence[str], *, prog: str, doc: str, default_config: str | Path,
+                load: Callable[[str | None, list[str]], Any], run: Callable[[Any], Any]) -> int:
+    """The body of a ``run.py`` entry point: ``--help`` prints ``doc``; ``--config FILE`` (default
+    ``default_config``) plus ``--section.key value`` overrides are loaded by ``load``; a config error is one line on
+    stderr and exit 2 (before any process group or file exists); then ``run(config)``."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(doc)
+        return 0
+    config_file, overrides = split_config_arg(argv, str(default_config))
+    try:
+        cfg = load(config_file, overrides)
+    except ConfigError as err:
+        print(f"{prog}: config error: {err}", file=sys.stderr)
+        return 2
+    run(cfg)
+    return 0

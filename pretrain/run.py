@@ -15,24 +15,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from lgiformer.config import ConfigError, split_config_arg  # noqa: E402
+from lgiformer.config import config_main  # noqa: E402
 from lgiformer.engine.pretrain import load_pretrain_config, run  # noqa: E402
+
 
 DEMO = Path(__file__).with_name("configs") / "demo.yaml"
 
 
 def main(argv: list[str]) -> int:
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        return 0
-    config_file, overrides = split_config_arg(argv, str(DEMO))
-    try:
-        cfg = load_pretrain_config(config_file, overrides)
-    except ConfigError as err:
-        print(f"pretrain/run.py: config error: {err}", file=sys.stderr)
-        return 2
-    run(cfg)
-    return 0
+    return config_main(argv, prog="pretrain/run.py", doc=__doc__, default_config=DEMO,
+                       load=load_pretrain_config, run=run)
 
 
 if __name__ == "__main__":

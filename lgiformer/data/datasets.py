@@ -99,6 +99,16 @@ class BadSampleCounter:
             f"{100 * threshold:.1f} % (data.bad_sample_threshold). Examples:\n  {examples}\n"
             "Check the data root and the list file, or remove the broken videos from the list.")
 
+    def end_epoch(self, epoch: int, threshold: float = 0.01) -> dict:
+        """The epoch's counts, reported (a warning when any read failed), checked against ``threshold``, then
+        zeroed for the next epoch."""
+        counts = self.snapshot()
+        self.reset()
+        if counts["bad"]:
+            log.warning("epoch %d: %d bad samples of %d read (replaced)", epoch, counts["bad"], counts["total"])
+        self.check_counts(counts, threshold)
+        return counts
+
     def check(self, threshold: float = 0.01, min_total: int = 0) -> None:
         """:meth:`check_counts` on the current counts."""
         self.check_counts(self.snapshot(), threshold, min_total)

@@ -507,9 +507,7 @@ def run_au(cfg, env, logger) -> Dict[str, Any]:
         return parts
 
     def end_of_epoch(state, stats) -> dict:
-        bad = train_set.bad_samples.snapshot()
-        train_set.bad_samples.reset()
-        train_set.bad_samples.check_counts(bad, d.bad_sample_threshold)
+        bad = train_set.bad_samples.end_epoch(state.epoch, d.bad_sample_threshold)
         record: Dict[str, Any] = {"bad_samples": bad["bad"]}
         last = state.epoch + 1 == cfg.optim.epochs
         if val_set is not None and ((state.epoch + 1) % cfg.eval.every == 0 or last):

@@ -159,11 +159,7 @@ def _run(cfg: PretrainConfig, env, logger) -> dict[str, Any]:
             logger.images(frames, state.step)
 
     def end_of_epoch(state, stats) -> dict:
-        bad = dataset.bad_samples.snapshot()
-        dataset.bad_samples.reset()
-        if bad["bad"]:
-            log.warning("epoch %d: %d bad samples of %d read (replaced)", state.epoch, bad["bad"], bad["total"])
-        dataset.bad_samples.check_counts(bad, d.bad_sample_threshold)
+        bad = dataset.bad_samples.end_epoch(state.epoch, d.bad_sample_threshold)
         logger.scalars({"bad_samples": bad["bad"]}, state.step, prefix="data/")
         return {"bad_samples": bad["bad"]}
 
