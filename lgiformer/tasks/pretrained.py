@@ -28,7 +28,6 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 RANDOM_INIT = ("", "none", "random", "scratch")
-_CONTAINER_KEYS = ("model", "module", "state_dict", "model_state")
 _STRIP_PREFIXES = ("module.", "_orig_mod.", "backbone.", "encoder.")
 _PRETRAIN_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token", "decoder_pos_embed")
 _HEAD_PREFIXES = ("head.",)
@@ -64,20 +63,6 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def _unwrap(obj) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state dict, the rest of the container: args, epoch, config...)."""
-    meta = {}
-    if isinstance(obj, Mapping):
-        for key in _CONTAINER_KEYS:
-            if isinstance(obj.get(key), Mapping):
-                meta = {k: v for k, v in obj.items() if k != key}
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError("the checkpoint holds no state dict (expected tensors, or a dict with one of "
-                         f"{', '.join(_CONTAINER_KEYS)})")
-    return dict(obj), meta
-
 
 def read_state_dict(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str, dict]:
     """Read weights from any supported source: (state dict, format name, metadata such as config.json)."""
@@ -96,10 +81,12 @@ def read_state_dict(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
         sd = _load_safetensors(path)
         return sd, "hf_videomae" if _guess_format(sd) == "hf_videomae" else "safetensors", {"config": config}
+    from lgiformer.interop.reference import unwrap_state_dict
     from lgiformer.interop.safe_load import load_checkpoint
 
-    sd, meta = _unwrap(load_checkpoint(path))
-    return sd, _guess_format(sd), meta
+    ckpt = load_checkpoint(path)
+    sd, used = unwrap_state_dict(ckpt)
+    return sd, _guess_format(sd), {k: v for k, v in ckpt.items() if k != used} if used else {}
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -109,16 +96,17 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _guess_format(sd: Mapping[str, torch.Tensor]) -> str:
-    keys = list(sd)
-    if any(k.startswith(("videomae.", "embeddings.patch_embeddings.", "encoder.layer.")) for k in keys):
+    """The report's name for the weights' origin; the family and pretraining tests are the importers' own."""
+    from lgiformer.interop.reference import detect_family, is_pretraining
+
+    if any(k.startswith(("videomae.", "embeddings.patch_embeddings.", "encoder.layer.")) for k in sd):
         return "hf_videomae"
-    lgi = any("lg_region_tokens" in k for k in keys)
-    pretrain = any(k.startswith(("encoder.", "decoder.")) for k in keys)
-    if lgi:
-        return "mae_dfer_pretrain" if pretrain else "mae_dfer_finetuned"
-    if any(".attn.qkv." in k or ".attn.q_bias" in k for k in keys):
-        return "videomae_pretrain" if pretrain else "videomae_finetuned"
-    return "state_dict"
+    try:
+        family = detect_family(sd)
+    except ValueError:
+        return "state_dict"
+    origin = {"lgiformer": "mae_dfer", "vit": "videomae"}[family]
+    return f"{origin}_pretrain" if is_pretraining(sd) else f"{origin}_finetuned"
 
 
 def _convert_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
