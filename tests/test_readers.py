@@ -70,6 +70,13 @@ def test_auto_falls_back_to_pyav_when_decord_fails(tmp_path, media, monkeypatch)
     assert isinstance(open_video(path), PyAVReader)
 
 
+def test_a_real_decord_failure_falls_back_to_pyav(tmp_path, media):
+    frames = media.frames(6, 48)  # decord 0.6 cannot copy frames 48 px wide (row alignment); PyAV can
+    path = media.mp4(tmp_path / "narrow.mp4", frames)
+    got = open_video(path).get([0, 5])
+    assert got.shape == (2, 48, 48, 3) and np.abs(got.astype(int) - frames[[0, 5]].astype(int)).mean() < 12
+
+
 def test_unreadable_inputs_raise_video_read_error(tmp_path):
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
