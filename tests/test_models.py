@@ -57,6 +57,8 @@ def test_vit_shapes(name):
     x = torch.randn(2, 3, 4, 32, 32)
     assert model.forward_features(x).shape == (2, 8, model.embed_dim)
     assert model(x).shape == (2, 3)
+    with pytest.raises(ValueError, match="'region', 'local' and 'all' are LGI-Former poolings"):
+        create_model(name, num_classes=3, img_size=32, num_frames=4, depth=1, global_pool="region")
 
 
 @pytest.mark.parametrize("encoder,mask_type", [("lgiformer_tiny_patch16_160", "region_balanced"),

@@ -24,7 +24,9 @@ class VideoViT(nn.Module):
                  head_init_scale: float = 0.001, norm_eps: float = 1e-6) -> None:
         super().__init__()
         if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            lgi_pool = global_pool in ("region", "local", "all")
+            hint = " ('region', 'local' and 'all' are LGI-Former poolings)" if lgi_pool else ""
+            raise ValueError(f"the ViT's global_pool must be 'avg' or '', got {global_pool!r}{hint}")
         self.model_args = dict(img_size=img_size, patch_size=patch_size, num_frames=num_frames,
                                tubelet_size=tubelet_size, in_chans=in_chans, num_classes=num_classes,
                                embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
