@@ -27,7 +27,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 LGI = ["--model.name", "lgiformer_tiny_patch16_160", "--model.region_size", "2,3,6"]
-VIT = ["--model.name", "vit_tiny_patch16_160", "--model.region_size", "null", "--model.global_pool", "null"]
+VIT = ["--model.name", "vit_tiny_patch16_160", "--model.region_size", "null"]
+# The finetuning recipe pools the LGI-Former's region tokens; the ViT takes its own default (mean of all tokens).
+VIT_FINETUNE = ["--model.global_pool", "null"]
 ARCH = ["--model.img_size", "96", "--model.num_frames", "8", "--model.embed_dim", "128", "--model.depth", "4",
         "--model.num_heads", "4"]
 VARIANTS = {  # name: (encoder args, pretraining targets or None for scratch, mask type)
@@ -94,7 +96,8 @@ def main() -> None:
         for fold in folds:
             ft_dir = out / "finetune" / slug / f"fold{fold}"
             if not (ft_dir / "test_metrics.json").is_file():
-                run(["finetune/run.py", *encoder, *ARCH, "--model.pretrained", release, "--data.fold", str(fold),
+                run(["finetune/run.py", *encoder, *(VIT_FINETUNE if encoder is VIT else []), *ARCH,
+                     "--model.pretrained", release, "--data.fold", str(fold),
                      "--data.data_root", str(data), "--data.synthetic", synthetic, "--optim.epochs",
                      str(n["ft_epochs"]), "--optim.warmup_epochs", "1", "--run.output_dir", str(ft_dir),
                      "--run.progress", "false", "--run.seed", str(a.seed), "--release_dir", "none"],
