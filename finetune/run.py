@@ -18,7 +18,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from lgiformer.config import config_main  # noqa: E402
 from lgiformer.engine.finetune import load_finetune_config, run  # noqa: E402
 
-
 DEMO = Path(__file__).with_name("configs") / "demo.yaml"
 
 

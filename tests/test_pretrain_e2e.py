@@ -24,7 +24,6 @@ def synthetic(tmp_path_factory):
     return root
 
 
-
 def _args(out, synthetic, *extra):
     return ["--config", str(CONFIG), "--run.output_dir", str(out), "--data.data_root", str(synthetic), *extra]
 

@@ -63,7 +63,6 @@ class LoadReport:
         return "\n".join(lines)
 
 
-
 def read_state_dict(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str, dict]:
     """Read weights from any supported source: (state dict, format name, metadata such as config.json)."""
     path = Path(source)
