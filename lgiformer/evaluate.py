@@ -2,7 +2,8 @@
 
 * A batch is ``(clips, labels, indices)``: clips [B, 3, T, H, W] (one view, validation) or [B, V, 3, T, H, W]
   (V = temporal clips x spatial crops, test). Every view goes through the model; the softmax probabilities are
-  averaged over views (:func:`average_views`), as the paper's protocol does.
+  averaged over views (:func:`average_views`), as the paper's protocol does. A multi-task DFER + AU model gets
+  ``(clips, labels, au, au_valid, indices)`` batches and is also scored per AU, view by view.
 * Determinism: the model runs in eval mode under ``torch.no_grad``; the loader must not shuffle and the dataset's
   val/test modes sample fixed windows and crops (REFERENCE defect 3: the reference validated on a random window).
 * Under torch.distributed each rank evaluates its shard; results are gathered and de-duplicated by sample index,
@@ -36,72 +37,125 @@ def average_views(logits: torch.Tensor) -> torch.Tensor:
     return probs.mean(1) if probs.dim() == 3 else probs
 
 
-def forward_views(model: nn.Module, clips: torch.Tensor, max_views_per_call: int | None = None) -> torch.Tensor:
-    """Run every view through the model: [B, 3, T, H, W] -> [B, K]; [B, V, 3, T, H, W] -> [B, V, K]."""
+def forward_views(model: nn.Module, clips: torch.Tensor, max_views_per_call: int | None = None,
+                  with_au: bool = False):
+    """Run every view through the model: [B, 3, T, H, W] -> [B, K]; [B, V, 3, T, H, W] -> [B, V, K]. With
+    ``with_au`` (a multi-task model) returns ``(logits, AU probabilities)``, the latter [B, A] or [B, V, A]."""
+    from lgiformer.tasks.multitask import au_probs
+
+    def call(x):
+        if not with_au:
+            return model(x), None
+        logits, au_out = model(x, with_au=True)
+        return logits, au_probs(au_out)
+
     if clips.dim() == 5:
-        return model(clips)
+        logits, au = call(clips)
+        return (logits, au) if with_au else logits
     b, v = clips.shape[:2]
     flat = clips.flatten(0, 1)
     step = max_views_per_call or flat.shape[0]
-    logits = torch.cat([model(flat[i:i + step]) for i in range(0, flat.shape[0], step)])
-    return logits.view(b, v, -1)
+    outs = [call(flat[i:i + step]) for i in range(0, flat.shape[0], step)]
+    logits = torch.cat([o[0] for o in outs]).view(b, v, -1)
+    return (logits, torch.cat([o[1] for o in outs]).view(b, v, -1)) if with_au else logits
 
 
 @dataclass
 class EvalResult:
-    """Per-sample probabilities (view-averaged), labels and dataset indices, sorted by index, plus metrics."""
+    """Per-sample probabilities (view-averaged), labels and dataset indices, sorted by index, plus metrics. From a
+    multi-task model, also the AU probabilities, labels and validity of every view, ``[N, V, A]`` (``au_*``)."""
     probs: np.ndarray
     labels: np.ndarray
     indices: np.ndarray
     metrics: dict = field(default_factory=dict)
+    au_probs: np.ndarray | None = None
+    au_labels: np.ndarray | None = None
+    au_valid: np.ndarray | None = None
 
     @property
     def preds(self) -> np.ndarray:
         return self.probs.argmax(1)
 
 
-def _gather(probs: np.ndarray, labels: np.ndarray, indices: np.ndarray):
+def _gather(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return probs, labels, indices
+        return arrays
     parts: list = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, (probs, labels, indices))
-    probs, labels, indices = (np.concatenate([p[i] for p in parts]) for i in range(3))
-    return probs, labels, indices
+    dist.all_gather_object(parts, arrays)
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(len(arrays)))
+
+
+def _views(x: torch.Tensor, b: int, a: int) -> np.ndarray:
+    """AU rows of one batch as [B, V, A] (validation batches have one view)."""
+    return x.reshape(b, -1, a).cpu().numpy()
 
 
 @torch.no_grad()
 def predict(model: nn.Module, loader, device: torch.device | str = "cpu", amp_dtype: torch.dtype | None = None,
             max_views_per_call: int | None = None) -> EvalResult:
-    """View-averaged probabilities for every sample of ``loader`` (all ranks gathered, sorted by index)."""
+    """View-averaged probabilities for every sample of ``loader`` (all ranks gathered, sorted by index). Batches
+    ``(clips, labels, au, au_valid, indices)`` (a dataset with AU labels) are run with ``with_au=True`` and give
+    the AU fields too."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
     autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None and amp_dtype != torch.float32
                 else nullcontext())
-    probs, labels, indices = [], [], []
+    probs, labels, indices, au = [], [], [], ([], [], [])
+    with_au = False
     try:
-        for clips, target, index in loader:
+        for batch in loader:
+            clips, target, index = batch[0], batch[1], batch[-1]
+            with_au = len(batch) == 5
             with autocast:
-                logits = forward_views(model, clips.to(device, non_blocking=True), max_views_per_call)
+                out = forward_views(model, clips.to(device, non_blocking=True), max_views_per_call, with_au)
+            logits = out[0] if with_au else out
             probs.append(average_views(logits).cpu().numpy())
             labels.append(torch.as_tensor(target).view(-1).cpu().numpy())
             indices.append(torch.as_tensor(index).view(-1).cpu().numpy())
+            if with_au:
+                b, a = logits.shape[0], out[1].shape[-1]
+                for store, x in zip(au, (out[1].float(), batch[2].float(), batch[3].bool())):
+                    store.append(_views(x, b, a))
     finally:
         model.train(was_training)
     k = probs[0].shape[1] if probs else 0
-    p, y, i = _gather(np.concatenate(probs) if probs else np.zeros((0, k), np.float32),
-                      np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64),
-                      np.concatenate(indices).astype(np.int64) if indices else np.zeros(0, np.int64))
-    i, first = np.unique(i, return_index=True)  # sorted; drops the DistributedSampler's padded repeats
-    return EvalResult(probs=p[first], labels=y[first], indices=i)
+    arrays = [np.concatenate(probs) if probs else np.zeros((0, k), np.float32),
+              np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64),
+              np.concatenate(indices).astype(np.int64) if indices else np.zeros(0, np.int64)]
+    if with_au:
+        arrays += [np.concatenate(x) for x in au]
+    arrays = _gather(*arrays)
+    i, first = np.unique(arrays[2], return_index=True)  # sorted; drops the DistributedSampler's padded repeats
+    result = EvalResult(probs=arrays[0][first], labels=arrays[1][first], indices=i)
+    if with_au:
+        result.au_probs, result.au_labels, result.au_valid = (x[first] for x in arrays[3:])
+    return result
+
+
+def au_view_metrics(result: EvalResult, au_names: Sequence[str], threshold: float = 0.5) -> dict:
+    """Per-AU F1 and their mean over every view of every sample (each view is scored against the labels of its
+    window's centre frame; unannotated entries are left out)."""
+    from lgiformer.au import fold_f1
+
+    a = result.au_probs.shape[-1]
+    flat = [torch.from_numpy(x.reshape(-1, a)) for x in (result.au_probs, result.au_labels, result.au_valid)]
+    r = fold_f1(flat[0], flat[1].float(), flat[2].bool(), threshold, list(au_names))
+    return {"mean_f1": r["mean"], "per_au": r["by_name"], "threshold": threshold,
+            "num_views": int(flat[0].shape[0]), "annotated": float(flat[2].float().mean())}
 
 
 def evaluate(model: nn.Module, loader, num_classes: int, class_names: Sequence[str] | None = None,
              device: torch.device | str = "cpu", amp_dtype: torch.dtype | None = None,
-             max_views_per_call: int | None = None) -> EvalResult:
-    """:func:`predict` plus UAR / WAR / per-class recall / weighted F1 / confusion matrix in ``result.metrics``."""
+             max_views_per_call: int | None = None, au_names: Sequence[str] | None = None,
+             au_threshold: float = 0.5) -> EvalResult:
+    """:func:`predict` plus UAR / WAR / per-class recall / weighted F1 / confusion matrix in ``result.metrics``, and
+    with AU labels the AU F1 (:func:`au_view_metrics`) under ``result.metrics["au"]``."""
     result = predict(model, loader, device, amp_dtype, max_views_per_call)
     result.metrics = M.classification_metrics(result.labels, result.preds, num_classes, class_names)
+    if result.au_probs is not None:
+        names = list(au_names) if au_names is not None else [f"AU{i}" for i in range(result.au_probs.shape[-1])]
+        result.metrics["au"] = au_view_metrics(result, names, au_threshold)
     return result
 
 
@@ -134,5 +188,7 @@ def save_report(result: EvalResult, out_dir: str | Path, split: str, class_names
     if writer is not None:
         for key in ("uar", "war", "weighted_f1"):
             writer.add_scalar(f"{split}/{key}", result.metrics[key], step)
+        if "au" in result.metrics:
+            writer.add_scalar(f"{split}/au_mean_f1", result.metrics["au"]["mean_f1"], step)
         writer.add_figure(f"{split}/confusion", M.confusion_figure(cm, class_names, title=title), step)
     return report

@@ -282,10 +282,50 @@ class VideoPretrainDataset(RobustVideoDataset):
         return clip, self.mask_generator(1, "cpu", generator=gen)[0]
 
 
+class ClipAULabels:
+    """Per-frame AU labels of classification clips, looked up by path and frame (multi-task DFER + AU).
+    ``targets(path, frames) -> (labels [n, K] float32, valid [n, K] bool)``; a clip or a frame without labels is
+    all invalid, so it adds nothing to the AU loss or metrics."""
+
+    def __init__(self, videos: Sequence[AUVideo], au_names: Sequence[str]) -> None:
+        self.au_names = list(au_names)
+        self._videos = {v.path: (v, {int(f): row for row, f in enumerate(v.frames)}) for v in videos}
+
+    def __len__(self) -> int:
+        return len(self._videos)
+
+    def __contains__(self, path: str) -> bool:
+        return path in self._videos
+
+    def video(self, path: str) -> AUVideo:
+        return self._videos[path][0]
+
+    @classmethod
+    def from_csv(cls, csv_file, data_root=None, au_names: Sequence[str] | None = None) -> "ClipAULabels":
+        videos, names = read_au_csv(csv_file, data_root, au_names=au_names)
+        return cls(videos, names)
+
+    def targets(self, path: str, frames: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        k = len(self.au_names)
+        labels, valid = np.zeros((len(frames), k), np.float32), np.zeros((len(frames), k), bool)
+        entry = self._videos.get(path)
+        if entry is not None:
+            video, rows = entry
+            for i, f in enumerate(frames):
+                row = rows.get(int(f))
+                if row is not None:
+                    labels[i], valid[i] = video.labels[row], video.valid[row]
+        return torch.from_numpy(labels), torch.from_numpy(valid)
+
+
 class VideoClassificationDataset(RobustVideoDataset):
     """Labeled clips. train: a random window + augmentation; val: the centre window, centre crop (deterministic);
     items ``(clip [3, T, S, S], label, index)``. test: ``(views [V, 3, T, S, S], label, index)`` with
-    V = test_num_clips x test_num_crops (evenly spaced windows x distinct spatial crops, clip-major)."""
+    V = test_num_clips x test_num_crops (evenly spaced windows x distinct spatial crops, clip-major).
+
+    With ``au_labels`` (:class:`ClipAULabels`) the items also carry the AUs of each window's centre frame (position
+    ``num_frames // 2``, as in the AU task's clip mode), before the index: ``au [K], au_valid [K]``, and in test mode
+    one row per view, ``[V, K]``."""
 
     MODES = ("train", "val", "test")
 
@@ -296,7 +336,7 @@ class VideoClassificationDataset(RobustVideoDataset):
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  seed: int = 0, backend: str = "auto", num_classes: int | None = None, max_retries: int = 10,
                  frame_ext: str | None = None, frame_template: str | None = None, min_frames: int = 1,
-                 transform=None) -> None:
+                 transform=None, au_labels: ClipAULabels | None = None) -> None:
         if mode not in self.MODES:
             raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
         if test_num_clips < 1 or test_num_crops < 1:
@@ -319,6 +359,7 @@ class VideoClassificationDataset(RobustVideoDataset):
             else:
                 transform = build_transform(mode, img_size, short_side_size=short_side_size, **norm)
         self.transform = transform
+        self.au_labels = au_labels
 
     @property
     def labels(self) -> list[int]:
@@ -337,7 +378,11 @@ class VideoClassificationDataset(RobustVideoDataset):
         if self.mode != "test":
             window = (train_indices(available, self.num_frames, self.stride, rng) if self.mode == "train"
                       else center_indices(available, self.num_frames, self.stride))
-            return self.transform(reader.get((window + s.start).tolist())), s.label
+            clip = self.transform(reader.get((window + s.start).tolist()))
+            if self.au_labels is None:
+                return clip, s.label
+            au, au_valid = self.au_labels.targets(s.path, [window[self.num_frames // 2] + s.start])
+            return clip, s.label, au[0], au_valid[0]
         windows = test_clip_indices(available, self.num_frames, self.stride, self.test_num_clips)
         # one decode for all windows (sequential readers decode up to the last frame once)
         wanted = np.unique(np.concatenate(windows))
@@ -347,7 +392,10 @@ class VideoClassificationDataset(RobustVideoDataset):
             clip = frames[np.searchsorted(wanted, window)]
             views += [self.transform(clip, crop_index=c, num_crops=self.test_num_crops)
                       for c in range(self.test_num_crops)]
-        return torch.stack(views), s.label
+        if self.au_labels is None:
+            return torch.stack(views), s.label
+        centres = [int(w[self.num_frames // 2]) + s.start for w in windows for _ in range(self.test_num_crops)]
+        return (torch.stack(views), s.label, *self.au_labels.targets(s.path, centres))
 
 
 class AUVideoDataset(RobustVideoDataset):

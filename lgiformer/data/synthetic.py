@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 __all__ = ["GENERATOR_VERSION", "CLASSES", "AU_NAMES", "SyntheticOptions", "Identity", "ExpressionSpec",
            "EXPRESSIONS", "render_clip", "generate", "ensure_synthetic", "find_existing", "save_class_strip", "main"]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2                  # 2: labeled/au_labels.csv (the labeled clips' per-frame AUs)
 CLASSES: Tuple[str, ...] = ("Happy", "Sad", "Neutral", "Angry", "Surprise", "Disgust", "Fear")   # DFEW order
 AU_NAMES: Tuple[str, ...] = ("AU1", "AU2", "AU4", "AU6", "AU9", "AU12", "AU15", "AU25", "AU26")
 # Internal control channels after the labelled AUs: lip pressor (Angry), lip stretcher (Fear), upper-lid raiser
@@ -726,7 +726,7 @@ def _labeled_item(out: Path, opts: SyntheticOptions, i: int) -> Dict[str, Any]:
     _write_frames(out / "labeled" / "frames" / f"{i:05d}", frames, opts.jpeg_quality)
     peak = int(np.argmax(aus.max(axis=1))) if aus.max() > 0 else -1
     return {"subject": subject, "label": label, "rep": rep, "talking": talking, "peak_frame": peak,
-            "peak": float(aus.max())}
+            "peak": float(aus.max()), "aus": (aus >= 0.5).astype(np.int64).tolist()}
 
 
 def _au_item(out: Path, opts: SyntheticOptions, i: int) -> Dict[str, Any]:
@@ -801,6 +801,11 @@ def _write_labeled_lists(out: Path, opts: SyntheticOptions, results: List[Dict[s
         lines.append(f"labeled/frames/{i:05d},{_subject_id('L', r['subject'])},{r['label']},{CLASSES[r['label']]},"
                      f"{r['rep']},{int(r['talking'])},{r['peak_frame']},{r['peak']:.3f}")
     _write_text(out / "labeled" / "clips.csv", "\n".join(lines) + "\n")
+    # The clips' per-frame AUs (the AU part's CSV format, every entry annotated): multi-task DFER + AU training.
+    au_rows = [f"labeled/frames/{i:05d},{t},{_subject_id('L', r['subject'])}," + ",".join(map(str, lab)) + "\n"
+               for i, r in enumerate(results) for t, lab in enumerate(r["aus"])]
+    header = "path,frame,subject," + ",".join(AU_NAMES) + "\n"
+    _write_text(out / "labeled" / "au_labels.csv", header + "".join(au_rows))
     return {str(f): [_subject_id("L", s) for s in subs] for f, subs in enumerate(folds, start=1)}
 
 
@@ -881,6 +886,7 @@ def _generate_parts(out: Path, opts: SyntheticOptions, counts: Dict[str, int], m
         meta["counts"]["labeled_clips"] = counts["labeled"]
         meta["counts"]["labeled_subjects"] = opts.subjects
         meta["files"]["labeled_lists"] = "labeled/lists/{split}_fold{fold}.txt"
+        meta["files"]["labeled_au_labels"] = "labeled/au_labels.csv"
     if "au" in opts.parts:
         res = _run_part("au", out, opts, counts["au"], pool, workers, progress)
         meta["folds"]["au"] = _write_au_lists(out, opts, res)
@@ -906,7 +912,7 @@ def _matches(meta: Dict[str, Any], opts: SyntheticOptions) -> bool:
 
 def _marker_files(opts: SyntheticOptions) -> List[str]:
     """One file per generated part, written after its items: a quick completeness check."""
-    files = {"unlabeled": "unlabeled/pretrain.txt", "labeled": "labeled/lists/test_fold5.txt",
+    files = {"unlabeled": "unlabeled/pretrain.txt", "labeled": "labeled/au_labels.csv",
              "au": "au/lists/test_fold3.csv"}
     return [files[p] for p in opts.parts]
 

@@ -77,6 +77,7 @@ class FinetuneDataConfig:
     mixup_switch_prob: float = 0.5
     smoothing: float = 0.1
     bad_sample_threshold: float = 0.01
+    au_labels: str = ""                   # multi-task (au.aux_weight > 0): the clips' per-frame AUs, an AU CSV
     synthetic: dict = dataclasses.field(default_factory=dict)
 
     def validate(self) -> None:
@@ -112,7 +113,7 @@ class AUConfig:
     windows_per_video: int = 4            # training windows drawn per video and epoch
     freeze_encoder: bool = False
     moke: bool = False                    # AUFormer MoKE adapters in a frozen encoder
-    aux_weight: float = 0.0               # multi-task DFER + AU: weight of the auxiliary AU loss
+    aux_weight: float = 0.0               # task dfer: > 0 adds an AU head, loss CE + aux_weight x AU loss
     head_args: dict = dataclasses.field(default_factory=dict)
     loss_args: dict = dataclasses.field(default_factory=dict)
 
@@ -141,6 +142,16 @@ def load_finetune_config(config_file: str | None, overrides: list[str]) -> Finet
     cfg = load_config(FinetuneConfig, config_file, overrides, ALIASES)
     if cfg.data.val_fraction == 0.0 and cfg.eval.select == "best_val":
         raise ConfigError("eval.select best_val needs a validation set (data.val_fraction > 0)")
+    a = cfg.au
+    if cfg.task == "dfer" and a.aux_weight > 0:
+        unsupported = [k for k, on in (("au.dense", a.dense), ("au.moke", a.moke),
+                                       ("au.freeze_encoder", a.freeze_encoder), ("au.head monet", a.head == "monet"))
+                       if on]
+        if unsupported:
+            raise ConfigError(f"multi-task DFER + AU (au.aux_weight > 0) trains one clip-level AU prediction next to "
+                              f"the expression on a shared, trainable encoder; not with {', '.join(unsupported)}")
+    if a.aux_weight < 0:
+        raise ConfigError(f"au.aux_weight must be >= 0, got {a.aux_weight}")
     return cfg
 
 
@@ -152,6 +163,22 @@ def _lists(cfg: FinetuneDataConfig, spec, root: Path) -> tuple[Path, Path]:
     train = Path(cfg.train_list) if cfg.train_list else spec.list_file("train", fold, lists_dir)
     test = Path(cfg.test_list) if cfg.test_list else spec.list_file("test", fold, lists_dir)
     return train, test
+
+
+def _clip_au_labels(cfg: FinetuneDataConfig, spec, root: Path):
+    """The per-frame AU labels of the classification clips (multi-task): ``data.au_labels``, else the dataset's
+    ``au_labels`` list."""
+    from lgiformer.data import ClipAULabels
+
+    if cfg.au_labels:
+        path = Path(cfg.au_labels)
+    elif "au_labels" in spec.lists:
+        path = spec.list_file("au_labels", cfg.fold if spec.folds > 1 else None,
+                              Path(cfg.lists_dir) if cfg.lists_dir else root)
+    else:
+        raise ConfigError(f"au.aux_weight > 0 needs AU labels for the clips of {spec.name}: set data.au_labels to an "
+                          "AU CSV (header path,frame,subject,AU..., one row per frame, paths as in the clip lists)")
+    return ClipAULabels.from_csv(path, root, au_names=spec.au_names or None), path
 
 
 def run(cfg: FinetuneConfig) -> dict[str, Any]:
@@ -202,6 +229,10 @@ def _run(cfg: FinetuneConfig, env, logger) -> dict[str, Any]:
     test_samples = read_video_list(test_list, root, labeled=True, num_classes=num_classes)
     common = dict(num_frames=frames, sampling_rate=stride, img_size=size, seed=cfg.run.seed, backend=d.backend,
                   num_classes=num_classes, frame_ext=spec.frame_ext)
+    au_loss, au_names, au_rates = None, None, None
+    if cfg.au.aux_weight > 0:
+        model, au_loss, au_names, au_rates, common["au_labels"] = _attach_au_head(cfg, spec, root, model,
+                                                                                  train_samples)
     train_set = VideoClassificationDataset(train_samples, mode="train", auto_augment=d.auto_augment or None,
                                            reprob=d.reprob, crop_scale=d.crop_scale, **common)
     val_set = VideoClassificationDataset(val_samples, mode="val", **common) if val_samples else None
@@ -219,7 +250,9 @@ def _run(cfg: FinetuneConfig, env, logger) -> dict[str, Any]:
     if d.mixup > 0 or d.cutmix > 0:
         mixup = VideoMixup(mixup_alpha=d.mixup, cutmix_alpha=d.cutmix, prob=d.mixup_prob,
                            switch_prob=d.mixup_switch_prob, label_smoothing=d.smoothing, num_classes=num_classes)
-    task = ClassificationTask(num_classes, mixup=mixup, smoothing=d.smoothing)
+    task = ClassificationTask(num_classes, mixup=mixup, smoothing=d.smoothing,
+                              au_loss=au_loss.to(env.device) if au_loss is not None else None,
+                              au_weight=cfg.au.aux_weight)
     groups = param_groups(model, cfg.optim.weight_decay, cfg.optim.layer_decay)
     training = trainer.build_training(model, groups, cfg.run, cfg.optim, env, logger, len(loader), cfg)
     out_dir = Path(cfg.run.output_dir)
@@ -227,17 +260,23 @@ def _run(cfg: FinetuneConfig, env, logger) -> dict[str, Any]:
 
     def step_fn(engine, batch) -> dict[str, torch.Tensor]:
         clips = batch[0].to(env.device, training.dtype, non_blocking=True)
-        return task(engine, (clips, batch[1]), env.device)
+        return task(engine, (clips, *batch[1:]), env.device)
+
+    def run_eval(net, dataset):
+        return evaluate(net, eval_loader(dataset), num_classes, class_names, env.device,
+                        ds.amp_dtype(training.precision), cfg.eval.max_views_per_call, au_names, cfg.au.threshold)
 
     def end_of_epoch(state, stats) -> dict:
         bad = train_set.bad_samples.end_epoch(state.epoch, d.bad_sample_threshold)
         record: dict[str, Any] = {"bad_samples": bad["bad"]}
         last = state.epoch + 1 == cfg.optim.epochs
         if val_set is not None and ((state.epoch + 1) % cfg.eval.every == 0 or last):
-            result = evaluate(training.model, eval_loader(val_set), num_classes, class_names, env.device,
-                              ds.amp_dtype(training.precision), cfg.eval.max_views_per_call)
-            record.update(val_uar=result.metrics["uar"], val_war=result.metrics["war"])
-            logger.scalars({"uar": result.metrics["uar"], "war": result.metrics["war"]}, state.step, prefix="val/")
+            result = run_eval(training.model, val_set)
+            scalars = {"uar": result.metrics["uar"], "war": result.metrics["war"]}
+            if "au" in result.metrics:
+                scalars["au_mean_f1"] = result.metrics["au"]["mean_f1"]
+            record.update({f"val_{k}": v for k, v in scalars.items()})
+            logger.scalars(scalars, state.step, prefix="val/")
             if result.metrics["uar"] > best["uar"]:
                 best.update(uar=result.metrics["uar"], epoch=state.epoch,
                             state={k: v.detach().to("cpu", copy=True) for k, v in training.model.state_dict().items()}
@@ -251,8 +290,7 @@ def _run(cfg: FinetuneConfig, env, logger) -> dict[str, Any]:
 
     final_model, selection = trainer.select_final_model(training.model, cfg.eval.select, cfg.optim.epochs,
                                                         best["state"], best["epoch"], val_uar=best["uar"])
-    result = evaluate(final_model, eval_loader(test_set), num_classes, class_names, env.device,
-                      ds.amp_dtype(training.precision), cfg.eval.max_views_per_call)
+    result = run_eval(final_model, test_set)
     test_report: dict[str, Any] = {}
     if env.is_main:
         test_report = save_report(result, out_dir, "test", class_names, [s.path for s in test_samples],
@@ -260,9 +298,14 @@ def _run(cfg: FinetuneConfig, env, logger) -> dict[str, Any]:
         log.info("test (%s, epoch %d, %d clips x %d crops): UAR %.2f  WAR %.2f  weighted F1 %.2f",
                  selection["select"], selection["epoch"], d.test_num_clips, d.test_num_crops,
                  100 * result.metrics["uar"], 100 * result.metrics["war"], 100 * result.metrics["weighted_f1"])
+        if "au" in result.metrics:
+            au = result.metrics["au"]
+            log.info("test AUs (auxiliary head, %d views): mean F1 %.2f  |  %s", au["num_views"],
+                     100 * au["mean_f1"], " ".join(f"{n} {100 * f:.1f}" for n, f in au["per_au"].items()))
         if cfg.release_dir != "none":
             release = Path(cfg.release_dir or out_dir / "release")
-            write_release(final_model, release, overwrite=True,
+            classifier = getattr(final_model, "classifier", final_model)  # the expression model of a multi-task one
+            write_release(classifier, release, overwrite=True,
                           source=dict(format="lgiformer-finetune", file=str(out_dir), pretrained=m.pretrained),
                           class_names=class_names, training=dict(dataset=spec.name, fold=d.fold, **selection,
                                                                   test_uar=result.metrics["uar"],
@@ -271,5 +314,35 @@ def _run(cfg: FinetuneConfig, env, logger) -> dict[str, Any]:
                                     test_num_clips=d.test_num_clips, test_num_crops=d.test_num_crops,
                                     short_side_size=d.short_side_size))
             log.info("finetuned release: %s  (python -m lgiformer.predict --model %s VIDEO)", release, release)
+            if au_loss is not None:
+                from lgiformer.engine.finetune_au import save_au_model
+                from lgiformer.tasks.multitask import export_au_model
+
+                save_au_model(export_au_model(final_model), out_dir, cfg, au_names, au_rates, selection,
+                              result.metrics["au"])
     barrier()
     return dict(epochs=records, test=test_report, selection=selection)
+
+
+def _attach_au_head(cfg: FinetuneConfig, spec, root: Path, classifier, train_samples):
+    """Multi-task DFER + AU: the classifier wrapped with an AU head (:class:`ExpressionAUModel`), the AU loss, the
+    AU names, the training occurrence rates (U1: loss weights; U2: the head's bias init) and the clips' AU labels."""
+    from lgiformer.au import build_au_head
+    from lgiformer.engine.finetune_au import MIN_RATE, build_loss, head_kwargs, training_rates
+    from lgiformer.tasks.multitask import ExpressionAUModel
+
+    a = cfg.au
+    table, path = _clip_au_labels(cfg.data, spec, root)
+    labelled = [table.video(s.path) for s in train_samples if s.path in table]
+    if not labelled:
+        raise ConfigError(f"{path}: none of the {len(train_samples)} training clips has AU labels (the AU CSV's paths "
+                          f"must match the clip list's, relative to {root})")
+    rates = training_rates(labelled).clamp_min(MIN_RATE)
+    log.info("multi-task DFER + AU: AU labels %s for %d of %d training clips; AUs %s; rates %s; AU loss weight %g",
+             path, len(labelled), len(train_samples), ",".join(table.au_names),
+             " ".join(f"{r:.3f}" for r in rates.tolist()), a.aux_weight)
+    num_aus = len(table.au_names)
+    head = build_au_head(a.head, **head_kwargs(a.head, classifier, num_aus, False, dict(a.head_args)))
+    model = ExpressionAUModel(classifier, head, num_aus, rates=rates)
+    loss_fn, _ = build_loss(a, rates)
+    return model, loss_fn, table.au_names, rates, table

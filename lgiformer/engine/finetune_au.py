@@ -428,8 +428,8 @@ def run_au(cfg, env, logger) -> Dict[str, Any]:
 
     d, m, a = cfg.data, cfg.model, cfg.au
     if a.aux_weight > 0:
-        log.warning("au.aux_weight applies to multi-task DFER + AU runs (task dfer), which are not implemented; "
-                    "ignored in task au")
+        log.warning("au.aux_weight weighs the auxiliary AU loss of multi-task DFER + AU runs (task dfer); ignored "
+                    "in task au")
     spec = get_dataset_spec(d.dataset)
     if spec.format != "au_csv":
         raise ValueError(f"task au needs an AU dataset (format au_csv); {spec.name} is {spec.format}")
