@@ -10,7 +10,8 @@ of each training video) and every test frame (the clip centred on it), the same 
 then trains for ``--epochs`` epochs of AdamW (lr ``--lr``, batch ``--batch-size``) on those tokens with its own
 loss (linear / label_token: masked inverse-frequency BCE (U1/U3); fantrans_okd: OKD; monet: mixture NLL), all with
 the prior-bias init (U2) and the fold's training occurrence rates. Reported per head: test mean F1 over the 9 AUs at
-0.5 (frame-wise, and with the moving mean of ``--smooth-window`` frames), trainable parameters, and inference ms
+0.5 (frame-wise, and with the moving mean of ``--smooth-window`` frames), the mean ROC AUC over the AUs (frame-wise,
+threshold-free: it separates heads that all stay below 0.5 on rare AUs), trainable parameters, and inference ms
 per clip (encoder + head, batch 1, median of ``--timing-runs``). Heads: ``linear`` = LayerNorm + Linear on the
 mean-pooled local tokens (the pooled-feature baseline), ``label_token`` (§5), ``fantrans_okd`` (§4), ``monet`` (§6).
 """
@@ -28,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lgiformer.au import build_au_head  # noqa: E402
+from lgiformer.au import auc_per_au, build_au_head  # noqa: E402
 from lgiformer.engine.finetune_au import (AUFrameWindows, au_metrics, build_loss, head_kwargs,  # noqa: E402
                                           split_by_subject, training_rates)
 
@@ -62,6 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--img-size", type=int, default=96, help="random-init encoder only (a release fixes it)")
     p.add_argument("--num-frames", type=int, default=8, help="random-init encoder only")
+    p.add_argument("--pixel-probe", action="store_true",
+                   help="also train a logistic probe on pixels (no encoder): is the AU signal in the input at all?")
     p.add_argument("--json", default="", help="also write the results as JSON ('-': stdout only)")
     return p.parse_args(argv)
 
@@ -83,6 +86,50 @@ def encode(encoder, dataset, device, batch_size: int = 16) -> torch.Tensor:
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     out = [encoder.forward_features(b[0].to(device)).cpu() for b in loader]
     return torch.cat(out)
+
+
+@torch.no_grad()
+def pixel_features(dataset, batch_size: int = 64) -> torch.Tensor:
+    """The pixel probe's input, no encoder: each window's centre frame and its change from the window's first frame,
+    both average-pooled to 8 x 8-pixel cells and flattened ([N, 2 x 3 x (S / 8)^2]), standardised with the
+    statistics of the set. A calibration of the task, not a head: what a linear read-out of the raw input reaches."""
+    out = []
+    for clips, *_ in torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        centre, first = clips[:, :, clips.shape[2] // 2], clips[:, :, 0]
+        cells = [torch.nn.functional.avg_pool2d(x, 8).flatten(1) for x in (centre, centre - first)]
+        out.append(torch.cat(cells, 1))
+    return torch.cat(out)
+
+
+def train_pixel_probe(x, y, v, tx, rates, args, seed):
+    """Logistic regression per AU on :func:`pixel_features` with the same masked inverse-frequency BCE, AdamW and
+    schedule as the heads; returns the test probabilities."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(seed)
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    x, tx = (x - mean) / std, (tx - mean) / std
+    probe = torch.nn.Linear(x.shape[1], y.shape[1])
+    with torch.no_grad():
+        probe.bias.copy_(torch.logit(rates.clamp(1e-3, 1 - 1e-3)))  # U2, as the heads
+    au = SimpleNamespace(loss="wbce", head="linear", au_weighting="inverse_freq", target_transform="none",
+                         ls_convention="halved", loss_args={})
+    loss_fn, _ = build_loss(au, rates)
+    opt = torch.optim.AdamW(probe.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps = args.epochs * max(1, x.shape[0] // args.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.1)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(args.epochs):
+        order = torch.randperm(x.shape[0], generator=gen)
+        for s in range(0, x.shape[0] - args.batch_size + 1, args.batch_size):
+            idx = order[s:s + args.batch_size]
+            loss = loss_fn({"logits": probe(x[idx])}, y[idx].float(), v[idx].float())["loss"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    with torch.no_grad():
+        return torch.sigmoid(probe(tx)), sum(p.numel() for p in probe.parameters())
 
 
 def labels_of(dataset):
@@ -169,7 +216,8 @@ def main(argv=None) -> dict:
           f"{margs['img_size']} px, {margs['num_frames']} frames, C {margs['embed_dim']}; device {device}",
           file=sys.stderr)
     spec = get_dataset_spec("synthetic_au")
-    results: dict = {h: {"folds": {}, "params": 0, "ms_per_clip": 0.0} for h in args.heads}
+    names_run = list(args.heads) + (["pixel_probe"] if args.pixel_probe else [])
+    results: dict = {h: {"folds": {}, "params": 0, "ms_per_clip": 0.0} for h in names_run}
     window = dict(num_frames=margs["num_frames"], sampling_rate=args.sampling_rate, img_size=margs["img_size"])
     for fold in args.folds:
         root = Path(args.data_root)
@@ -186,21 +234,34 @@ def main(argv=None) -> dict:
         y, v = labels_of(train_set)
         ty, tv = labels_of(test_set)
         vids = [vi for vi, _ in test_set.items]
-        for name in args.heads:
+        if args.pixel_probe:
+            pixels = (pixel_features(train_set), pixel_features(test_set))
+
+        def scored(name, seed, probs, t0) -> dict:
+            m, _ = au_metrics(probs, ty, tv, vids, threshold=args.threshold, smooth_window=args.smooth_window,
+                              au_names=names)
+            auc = auc_per_au(probs, ty, tv)
+            run = dict(seed=seed, frame_f1=m["frame"]["mean_f1"], smoothed_f1=m.get("smoothed", m["frame"])["mean_f1"],
+                       per_au=m["frame"]["per_au"], auc=float(np.nanmean(auc)), per_au_auc=dict(zip(names, auc)),
+                       train_s=time.perf_counter() - t0)
+            print(f"  {name:13s} fold {fold} seed {seed}: mean F1 {100 * run['frame_f1']:.1f} (smoothed "
+                  f"{100 * run['smoothed_f1']:.1f}), mean AUC {100 * run['auc']:.1f} in {run['train_s']:.0f} s",
+                  file=sys.stderr)
+            return run
+
+        for name in names_run:
             runs = []
             for seed in args.seeds:
                 t0 = time.perf_counter()
+                if name == "pixel_probe":
+                    probs, results[name]["params"] = train_pixel_probe(pixels[0], y, v, pixels[1], rates, args, seed)
+                    runs.append(scored(name, seed, probs, t0))
+                    continue
                 head = train_head(name, tr_tokens, y, v, rates, encoder, args, seed, device)
-                probs = predict(head, te_tokens, encoder, device)
-                m, _ = au_metrics(probs, ty, tv, vids, threshold=args.threshold, smooth_window=args.smooth_window,
-                                  au_names=names)
-                runs.append(dict(seed=seed, frame_f1=m["frame"]["mean_f1"],
-                                 smoothed_f1=m.get("smoothed", m["frame"])["mean_f1"],
-                                 per_au=m["frame"]["per_au"], train_s=time.perf_counter() - t0))
-                print(f"  {name:13s} fold {fold} seed {seed}: mean F1 {100 * runs[-1]['frame_f1']:.1f} "
-                      f"(smoothed {100 * runs[-1]['smoothed_f1']:.1f}) in {runs[-1]['train_s']:.0f} s",
-                      file=sys.stderr)
+                runs.append(scored(name, seed, predict(head, te_tokens, encoder, device), t0))
             results[name]["folds"][fold] = runs
+            if name == "pixel_probe":
+                continue
             results[name]["params"] = sum(p.numel() for p in head.parameters() if p.requires_grad)
             if not results[name]["ms_per_clip"]:
                 results[name]["ms_per_clip"] = time_per_clip(encoder, head, device, args.timing_runs,
@@ -210,15 +271,19 @@ def main(argv=None) -> dict:
         smooth = [run["smoothed_f1"] for runs in r["folds"].values() for run in runs]
         r["mean_f1"], r["mean_f1_smoothed"] = float(np.mean(frame)), float(np.mean(smooth))
         r["std_f1"] = float(np.std(frame))
+        aucs = [run["auc"] for runs in r["folds"].values() for run in runs]
+        r["mean_auc"], r["std_auc"] = float(np.mean(aucs)), float(np.std(aucs))
     summary = dict(encoder=source or "random", device=str(device), folds=args.folds, seeds=args.seeds,
                    epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, smooth_window=args.smooth_window,
                    threshold=args.threshold, protocol="frozen encoder, cached tokens", heads=results)
     print(f"\nAU heads on synthetic_au (frozen encoder: {summary['encoder']}; folds {args.folds}, seeds {args.seeds}, "
           f"{args.epochs} epochs each)")
-    print(f"{'head':14s} {'mean F1':>8s} {'± std':>6s} {'smoothed':>9s} {'trainable':>10s} {'ms/clip':>8s}")
+    print(f"{'head':14s} {'mean F1':>8s} {'± std':>6s} {'smoothed':>9s} {'mean AUC':>9s} {'± std':>6s} "
+          f"{'trainable':>10s} {'ms/clip':>8s}")
     for name, r in results.items():
+        ms = f"{r['ms_per_clip']:.2f}" if r["ms_per_clip"] else "-"   # the pixel probe has no encoder to time
         print(f"{name:14s} {100 * r['mean_f1']:8.1f} {100 * r['std_f1']:6.1f} {100 * r['mean_f1_smoothed']:9.1f} "
-              f"{r['params']:10,d} {r['ms_per_clip']:8.2f}")
+              f"{100 * r['mean_auc']:9.1f} {100 * r['std_auc']:6.1f} {r['params']:10,d} {ms:>8s}")
     if args.json:
         text = json.dumps(summary, indent=1)
         if args.json == "-":

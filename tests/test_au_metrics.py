@@ -1,9 +1,11 @@
 """AU metrics and post-processing: specs/AU_HEADS.md U5, U6, T-C5, §1.1 dense mode."""
+import math
+
 import pytest
 import torch
 
 import lgiformer  # noqa: F401
-from lgiformer.au.metrics import (cross_fold_f1, f1_per_au, fold_f1, moving_average, slots_to_frames,
+from lgiformer.au.metrics import (auc_per_au, cross_fold_f1, f1_per_au, fold_f1, moving_average, slots_to_frames,
                                   smooth_by_video)
 
 
@@ -56,3 +58,20 @@ def test_smoothing_stays_inside_each_video_and_slot_expansion():
     frames = slots_to_frames(slots, tubelet=2)
     assert frames.shape == (1, 4, 2) and torch.equal(frames[0, 2], slots[0, 1])
     assert slots_to_frames(slots, 2, num_frames=3).shape == (1, 3, 2)
+
+
+def test_auc_per_au_matches_pairwise_count_with_ties_and_mask():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 6, (200, 3), generator=g).float() / 5  # many ties
+    labels = (torch.rand(200, 3, generator=g) < 0.3).float()
+    valid = torch.rand(200, 3, generator=g) > 0.1
+    labels[:, 2] = 0.0                                               # AU without a positive: undefined
+    got = auc_per_au(scores, labels, valid)
+    for k in range(2):
+        s, y = scores[valid[:, k], k], labels[valid[:, k], k] > 0.5
+        diff = s[y][:, None] - s[~y][None, :]
+        want = float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
+        assert got[k] == pytest.approx(want, abs=1e-12)
+    assert math.isnan(got[2])
+    assert auc_per_au(labels[:, :2], labels[:, :2]) == [1.0, 1.0]      # perfect ranking
+    assert auc_per_au(-labels[:, :2], labels[:, :2]) == [0.0, 0.0]

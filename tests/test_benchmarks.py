@@ -99,3 +99,19 @@ def test_pretrain_effect_table_and_paired_differences():
     assert "LGI app+motion minus LGI appearance: UAR +2.5 +- 3.5 points" in table
     assert sizes(25) == dict(unlabeled=540, per_class=3, pre_epochs=3, ft_epochs=9)   # the measured point
     assert sizes(50) == dict(unlabeled=1080, per_class=3, pre_epochs=3, ft_epochs=18)
+
+
+def test_au_heads_benchmark_runs_and_reports_f1_and_auc(tmp_path, capsys):
+    from benchmarks import au_heads
+
+    summary = au_heads.main(["--encoder", "none", "--data-root", str(tmp_path / "syn"), "--synthetic",
+                             "size=96,au_frames=8,au_clips=6,au_subjects=3,parts=au", "--heads", "linear",
+                             "--pixel-probe", "--epochs", "2", "--batch-size", "8", "--timing-runs", "1",
+                             "--json", str(tmp_path / "au.json")])
+    assert set(summary["heads"]) == {"linear", "pixel_probe"}
+    for r in summary["heads"].values():
+        assert 0.0 <= r["mean_f1"] <= 1.0 and (0.0 <= r["mean_auc"] <= 1.0 or r["mean_auc"] != r["mean_auc"])
+        assert r["params"] > 0
+    assert summary["heads"]["linear"]["ms_per_clip"] > 0 and summary["heads"]["pixel_probe"]["ms_per_clip"] == 0
+    assert json.loads((tmp_path / "au.json").read_text())["heads"].keys() == summary["heads"].keys()
+    assert "pixel_probe" in capsys.readouterr().out

@@ -17,7 +17,7 @@ from lgiformer.au.losses import (RHLS, VALS, VLS, build_au_loss, build_target_tr
                                  list_au_losses, occurrence_rates, prior_bias, prior_heatmaps, register_au_loss,
                                  slot_targets)
 from lgiformer.au.labels import binarize_intensity, labels_and_validity, to_union, union_validity
-from lgiformer.au.metrics import cross_fold_f1, fold_f1, moving_average, slots_to_frames, smooth_by_video
+from lgiformer.au.metrics import auc_per_au, cross_fold_f1, fold_f1, moving_average, slots_to_frames, smooth_by_video
 from lgiformer.au.moke import AUFormer, MoKEBlock, MoKEGroup, attach_moke
 from lgiformer.au.priors import au_centres_68, clip_priors, slot_priors, unique_centres
 
@@ -27,7 +27,7 @@ __all__ = [
     "topk_column_sum", "build_au_head", "list_au_heads", "register_au_head",
     "build_au_loss", "list_au_losses", "register_au_loss", "build_target_transform", "VLS", "VALS", "RHLS",
     "occurrence_rates", "inverse_frequency_weights", "prior_bias", "prior_heatmaps", "slot_targets",
-    "fold_f1", "cross_fold_f1", "moving_average", "smooth_by_video", "slots_to_frames",
+    "fold_f1", "cross_fold_f1", "auc_per_au", "moving_average", "smooth_by_video", "slots_to_frames",
     "AUFormer", "MoKEBlock", "MoKEGroup", "attach_moke",
     "labels_and_validity", "binarize_intensity", "union_validity", "to_union",
     "au_centres_68", "unique_centres", "slot_priors", "clip_priors",

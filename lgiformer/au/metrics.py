@@ -12,8 +12,8 @@ import torch
 
 Tensor = torch.Tensor
 
-__all__ = ["f1_counts", "f1_per_au", "fold_f1", "cross_fold_f1", "moving_average", "smooth_by_video",
-           "slots_to_frames"]
+__all__ = ["f1_counts", "f1_per_au", "fold_f1", "cross_fold_f1", "auc_per_au", "moving_average",
+           "smooth_by_video", "slots_to_frames"]
 
 
 def _t(x) -> Tensor:
@@ -51,6 +51,27 @@ def fold_f1(scores, labels, valid=None, threshold: float = 0.5, au_names: Option
     out: Dict = {"per_au": per, "mean": sum(per) / max(1, len(per))}
     if au_names is not None:
         out["by_name"] = dict(zip(au_names, per))
+    return out
+
+
+def auc_per_au(scores, labels, valid=None) -> List[float]:
+    """ROC AUC per AU over the valid entries: the chance that a positive frame scores above a negative one, ties
+    counted half (the Mann-Whitney statistic, from average ranks). Threshold-free, so it tells heads apart when
+    every one stays below the F1 threshold on rare AUs; ``nan`` where an AU has no positive or no negative label."""
+    s, y = _t(scores).double(), _t(labels).float()
+    s, y = s.reshape(-1, s.shape[-1]), y.reshape(-1, y.shape[-1])
+    v = torch.ones_like(y, dtype=torch.bool) if valid is None else _t(valid).bool().reshape_as(y)
+    out = []
+    for k in range(s.shape[1]):
+        sk, pos = s[v[:, k], k], y[v[:, k], k] >= 0.5
+        n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+        if n_pos == 0 or n_neg == 0:
+            out.append(float("nan"))
+            continue
+        _, inverse, counts = torch.unique(sk, return_inverse=True, return_counts=True)
+        end = torch.cumsum(counts, 0).double()
+        ranks = ((end - counts + 1 + end) / 2)[inverse]            # 1-based average rank of each entry
+        out.append(float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)))
     return out
 
 
