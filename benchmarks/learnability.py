@@ -51,11 +51,15 @@ def build(name: str, size: int, frames: int) -> nn.Module:
                         embed_dim=128, depth=4, num_heads=4, region_size=[2, 3, 6])
 
 
-def cached(root: Path, split: str, fold: int, frames: int, stride: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def cached(root: Path, split: str, fold: int, frames: int, stride: int, size: int,
+           zoom: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     samples = read_video_list(root / "labeled" / "lists" / f"{split}_fold{fold}.txt", root, labeled=True,
                               num_classes=NUM_CLASSES)
+    # The evaluation transform resizes the short side to 1.15 x size, then crops the centre; zoom > 1 resizes it to
+    # more, so the centre crop is a tighter crop around the face (the synthetic head sits in the frame's centre).
+    short = round(1.15 * size * zoom) if zoom != 1.0 else None
     ds = VideoClassificationDataset(samples, mode="val", num_frames=frames, sampling_rate=stride, img_size=size,
-                                    num_classes=NUM_CLASSES, frame_ext="jpg")
+                                    num_classes=NUM_CLASSES, frame_ext="jpg", short_side_size=short)
     items = [ds[i] for i in range(len(ds))]
     return torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items])
 
@@ -75,14 +79,18 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--stride", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--zoom", type=float, default=1.0,
+                   help="crop tighter around the face: the centre 1/zoom of the frame fills the input")
+    p.add_argument("--data-size", type=int, default=112, help="--make-data: the generator's frame size")
     a = p.parse_args()
     root = Path(a.data)
     if a.make_data:
-        ensure_synthetic(root, parts="labeled", subjects=a.subjects, clips_per_class_per_subject=a.clips_per_class)
+        ensure_synthetic(root, parts="labeled", subjects=a.subjects, clips_per_class_per_subject=a.clips_per_class,
+                         size=a.data_size)
     torch.manual_seed(a.seed)
     start = time.time()
-    x_train, y_train = cached(root, "train", a.fold, a.frames, a.stride, a.size)
-    x_test, y_test = cached(root, "test", a.fold, a.frames, a.stride, a.size)
+    x_train, y_train = cached(root, "train", a.fold, a.frames, a.stride, a.size, a.zoom)
+    x_test, y_test = cached(root, "test", a.fold, a.frames, a.stride, a.size, a.zoom)
     print(f"{a.model}: {len(x_train)} train / {len(x_test)} test clips of {tuple(x_train.shape[1:])}, "
           f"decoded in {time.time() - start:.0f} s", flush=True)
     model = build(a.model, a.size, a.frames)
