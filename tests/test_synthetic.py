@@ -149,3 +149,29 @@ def test_ensure_synthetic_skips_when_present(tiny, caplog):
     assert json.loads((out / "meta.json").read_text())["options"]["size"] == TINY["size"]
     with pytest.raises(ValueError, match="subjects must be >= 5"):
         syn.ensure_synthetic(out, seed=0, **{**options, "subjects": 2})
+
+
+def test_face_zoom_scales_the_face_and_zoom_one_changes_nothing():
+    """The same clip with AU12 on and off differs only where the mouth moves; face_zoom scales that area about the
+    head, and zoom 1 renders exactly what no zoom does."""
+    ident = syn.Identity.sample(np.random.default_rng(5))
+    t = 4
+    off = np.zeros((t, len(syn.CHANNELS)))
+    on = off.copy()
+    on[:, syn.CHANNELS.index("AU12")] = 1.0
+
+    def moved_box(zoom):
+        a = syn.render_clip(ident, None, t, 96, np.random.default_rng(1), False, channels=off, blinks=False,
+                            noise=False, zoom=zoom)[0]
+        b = syn.render_clip(ident, None, t, 96, np.random.default_rng(1), False, channels=on, blinks=False,
+                            noise=False, zoom=zoom)[0]
+        rows, cols = np.nonzero(np.abs(a[0].astype(int) - b[0].astype(int)).max(-1) > 8)
+        return rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+
+    plain = syn.render_clip(ident, "Happy", t, 64, np.random.default_rng(2), False)[0]
+    assert np.array_equal(plain, syn.render_clip(ident, "Happy", t, 64, np.random.default_rng(2), False, zoom=1.0)[0])
+    h1, w1 = moved_box(1.0)
+    h2, w2 = moved_box(1.6)
+    assert 1.35 < w2 / w1 < 1.85 and 1.2 < h2 / h1 < 2.0
+    with pytest.raises(ValueError, match="face_zoom"):
+        syn.SyntheticOptions(face_zoom=5)

@@ -76,6 +76,7 @@ class SyntheticOptions:
     au_clips: int = 48
     jpeg_quality: int = 90
     crf: int = 20                            # H.264 quality of the unlabeled videos
+    face_zoom: float = 1.0                   # camera framing: 1 = loose (head ~45 % of the width), 1.6 = face crop
     parts: Tuple[str, ...] = PARTS
 
     def __post_init__(self) -> None:
@@ -87,6 +88,7 @@ class SyntheticOptions:
                      "clips_per_identity", "subjects", "clips_per_class_per_subject", "au_subjects", "au_clips",
                      "jpeg_quality", "crf"):
             setattr(self, name, int(getattr(self, name)))
+        self.face_zoom = float(self.face_zoom)
         problems = []
         if bad or not self.parts:
             problems.append(f"parts must be a non-empty subset of {PARTS}")
@@ -104,6 +106,8 @@ class SyntheticOptions:
                             f"{self.au_clips}")
         if not 1 <= self.jpeg_quality <= 100 or not 0 <= self.crf <= 51 or self.seed < 0 or self.fps < 1:
             problems.append("jpeg_quality must be in 1..100, crf in 0..51, seed >= 0, fps >= 1")
+        if not 0.5 <= self.face_zoom <= 3.0:
+            problems.append(f"face_zoom must be in [0.5, 3], got {self.face_zoom}")
         if problems:
             raise ValueError("invalid synthetic data options: " + "; ".join(problems))
 
@@ -588,14 +592,15 @@ def _talking(num_frames: int, rng: np.random.Generator) -> np.ndarray:
 def render_clip(identity: Identity, expression: Optional[str], num_frames: int, size: int,
                 rng: np.random.Generator, talking: bool, *, intensity: Optional[float] = None,
                 channels: Optional[np.ndarray] = None, blinks: bool = True, noise: bool = True,
-                return_info: bool = False) -> Any:
+                return_info: bool = False, zoom: float = 1.0) -> Any:
     """Render one clip.
 
     ``expression`` is a class name (``CLASSES``) or ``None``; ``channels`` (``[T, len(CHANNELS)]``, e.g. from
     :func:`random_au_curves`) replaces the class curves. ``intensity`` fixes the apex scale (default U(0.6, 1)).
     Returns ``(frames uint8 [T, H, W, 3], aus float32 [T, len(AU_NAMES)] in [0, 1])``; the AU intensities are those
     drawn, talking included (it opens the lips: AU25 / AU26). With ``return_info`` a dict of timing and scene
-    details is appended.
+    details is appended. ``zoom`` scales the head about its place in the frame (camera framing, after every random
+    draw, so zoom 1 renders exactly what earlier versions did).
     """
     if size < 16 or num_frames < 1:
         raise ValueError(f"render_clip needs size >= 16 and num_frames >= 1, got {size}, {num_frames}")
@@ -614,6 +619,7 @@ def render_clip(identity: Identity, expression: Optional[str], num_frames: int, 
     # Head pose: a per-video placement plus smooth jitter plus the expression's own head motion.
     base = dict(tx=rng.uniform(-0.04, 0.04), ty=rng.uniform(-0.01, 0.04), rot=rng.uniform(-0.08, 0.08),
                 scale=rng.uniform(0.86, 1.04), yaw=rng.uniform(-0.4, 0.4))
+    base["scale"] *= zoom
     jit = dict(tx=_smooth_noise(rng, num_frames, 0.012, (0.01, 0.06)),
                ty=_smooth_noise(rng, num_frames, 0.008, (0.01, 0.06)),
                rot=_smooth_noise(rng, num_frames, 0.035, (0.01, 0.05)),
@@ -652,6 +658,21 @@ def _video_codec() -> str:
     return _CODEC
 
 
+def _rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
+    """``[H, W, 3]`` uint8 RGB -> ``[3H/2, W]`` planar YUV 4:2:0, BT.601 limited range (what decoders assume), chroma
+    averaged over 2 x 2 pixels. Done here rather than by the encoder's swscale conversion, whose output was seen to
+    depend on the process's earlier allocations (a second generation in one process gave other mp4 bytes)."""
+    x = rgb.astype(np.float32)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    y = 16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0
+    u = 128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0
+    v = 128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0
+    h, w = y.shape
+    pool = lambda c: c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3)).reshape(h // 4, w)  # noqa: E731
+    planes = np.concatenate([y, pool(u), pool(v)])
+    return np.clip(np.rint(planes), 0, 255).astype(np.uint8)
+
+
 def _write_mp4(path: Path, frames: np.ndarray, fps: int, crf: int) -> None:
     import av
 
@@ -668,7 +689,7 @@ def _write_mp4(path: Path, frames: np.ndarray, fps: int, crf: int) -> None:
         else:
             stream.options = {"qscale": "3", "threads": "1"}
         for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(_rgb_to_yuv420p(f), format="yuv420p")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
@@ -710,7 +731,7 @@ def _unlabeled_item(out: Path, opts: SyntheticOptions, i: int) -> Dict[str, Any]
     expression = None if rng.random() < 0.3 else CLASSES[int(rng.integers(len(CLASSES)))]
     talking = bool(rng.random() < 0.7)
     frames, _ = render_clip(ident, expression, opts.num_frames, opts.size, rng, talking,
-                            intensity=float(rng.uniform(0.3, 1.0)))
+                            intensity=float(rng.uniform(0.3, 1.0)), zoom=opts.face_zoom)
     _write_mp4(out / "unlabeled" / "videos" / f"{i:05d}.mp4", frames, opts.fps, opts.crf)
     return {}
 
@@ -722,7 +743,7 @@ def _labeled_item(out: Path, opts: SyntheticOptions, i: int) -> Dict[str, Any]:
     ident = _identity(opts, "labeled_id", subject)
     talking = bool(rng.random() < 0.25)
     frames, aus = render_clip(ident, None if CLASSES[label] == "Neutral" else CLASSES[label], opts.labeled_frames,
-                              opts.size, rng, talking)
+                              opts.size, rng, talking, zoom=opts.face_zoom)
     _write_frames(out / "labeled" / "frames" / f"{i:05d}", frames, opts.jpeg_quality)
     peak = int(np.argmax(aus.max(axis=1))) if aus.max() > 0 else -1
     return {"subject": subject, "label": label, "rep": rep, "talking": talking, "peak_frame": peak,
@@ -737,10 +758,10 @@ def _au_item(out: Path, opts: SyntheticOptions, i: int) -> Dict[str, Any]:
     if rng.random() < 0.5:
         expr = CLASSES[int(rng.integers(len(CLASSES)))]
         frames, aus = render_clip(ident, None if expr == "Neutral" else expr, opts.au_frames, opts.size, rng,
-                                  talking, intensity=float(rng.uniform(0.3, 1.0)))
+                                  talking, intensity=float(rng.uniform(0.3, 1.0)), zoom=opts.face_zoom)
     else:
         frames, aus = render_clip(ident, None, opts.au_frames, opts.size, rng, talking,
-                                  channels=random_au_curves(opts.au_frames, rng))
+                                  channels=random_au_curves(opts.au_frames, rng), zoom=opts.face_zoom)
     _write_frames(out / "au" / "frames" / f"{i:05d}", frames, opts.jpeg_quality)
     labels = (aus >= 0.5).astype(np.int64)
     mrng = _rng(opts, "au_mask", i)
@@ -986,7 +1007,7 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument(flag, default=",".join(PARTS), help="comma-separated subset of " + ",".join(PARTS))
         else:
             value = getattr(defaults, f.name)
-            p.add_argument(flag, type=int, default=value, help=f"(default {value})")
+            p.add_argument(flag, type=type(value), default=value, help=f"(default {value})")
     p.add_argument("--workers", type=int, default=1, help="render processes (output does not depend on it)")
     p.add_argument("--force", action="store_true", help="regenerate even if meta.json matches the options")
     p.add_argument("--strip", default="", help="also save the per-class PNG strip to this path")
