@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 __all__ = ["GENERATOR_VERSION", "CLASSES", "AU_NAMES", "SyntheticOptions", "Identity", "ExpressionSpec",
            "EXPRESSIONS", "render_clip", "generate", "ensure_synthetic", "find_existing", "save_class_strip", "main"]
 
-GENERATOR_VERSION = 2                  # 2: labeled/au_labels.csv (the labeled clips' per-frame AUs)
+GENERATOR_VERSION = 2                  # 2: labeled/au_labels.csv; mp4 frames converted to YUV in numpy
 CLASSES: Tuple[str, ...] = ("Happy", "Sad", "Neutral", "Angry", "Surprise", "Disgust", "Fear")   # DFEW order
 AU_NAMES: Tuple[str, ...] = ("AU1", "AU2", "AU4", "AU6", "AU9", "AU12", "AU15", "AU25", "AU26")
 # Internal control channels after the labelled AUs: lip pressor (Angry), lip stretcher (Fear), upper-lid raiser
