@@ -55,7 +55,10 @@ def _render(head: list[str], rows: list[tuple[str, list[float]]], fmt: str, extr
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body + tail])
     widths = [max(len(r[i]) for r in [head] + body + tail) for i in range(len(head))]
-    fmt_row = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
+    def fmt_row(r: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
     rule = "-" * len(fmt_row(head))
     return "\n".join([fmt_row(head), rule] + [fmt_row(r) for r in body] + [rule] + [fmt_row(r) for r in tail])
 

@@ -668,7 +668,10 @@ def _rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
     u = 128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0
     v = 128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0
     h, w = y.shape
-    pool = lambda c: c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3)).reshape(h // 4, w)  # noqa: E731
+
+    def pool(c: np.ndarray) -> np.ndarray:  # 2 x 2 mean, laid out as PyAV's [3H/2, W] planar array expects
+        return c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3)).reshape(h // 4, w)
+
     planes = np.concatenate([y, pool(u), pool(v)])
     return np.clip(np.rint(planes), 0, 255).astype(np.uint8)
 
