@@ -208,13 +208,27 @@ def test_config_refuses_what_multi_task_cannot_do(tmp_path):
         _clip_au_labels(cfg.data, get_dataset_spec("dfew"), tmp_path)
 
 
-def test_multi_task_finetune_end_to_end(labeled, tmp_path):
-    out = tmp_path / "run"
-    run(["finetune/run.py", "--config", "tests/configs/tiny_finetune.yaml", "--run.output_dir", str(out),
+def _multi_task_run(labeled, out, nproc=1):
+    launcher = [] if nproc == 1 else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    run([*launcher, "finetune/run.py", "--config", "tests/configs/tiny_finetune.yaml", "--run.output_dir", str(out),
          "--data.data_root", str(labeled), "--data.synthetic", "{size: 32, labeled_frames: 12, subjects: 5, "
          "clips_per_class_per_subject: 1, parts: labeled}", "--model.img_size", "32", "--model.region_size",
          "[2, 2, 2]", "--au.aux_weight", "0.5", "--au.head_args", "{dim: 32, num_heads: 2}"])
-    metrics = json.loads((out / "test_metrics.json").read_text())
+    return json.loads((out / "test_metrics.json").read_text())
+
+
+def test_multi_task_finetune_under_torchrun_gathers_every_view_once(labeled, tmp_path):
+    """Two processes: each tests a shard (7 clips: one is padded in twice); the gathered AU arrays hold every clip's
+    four views once, like the expression predictions."""
+    metrics = _multi_task_run(labeled, tmp_path / "run2", nproc=2)
+    assert metrics["au"]["num_views"] == 7 * 4 and sum(map(sum, metrics["confusion"])) == 7
+    rows = _csv_rows(tmp_path / "run2" / "test_predictions.csv")
+    assert sorted(int(r["index"]) for r in rows) == list(range(7))
+
+
+def test_multi_task_finetune_end_to_end(labeled, tmp_path):
+    out = tmp_path / "run"
+    metrics = _multi_task_run(labeled, out)
     assert set(metrics["au"]["per_au"]) == set(AU_NAMES) and metrics["au"]["num_views"] == 7 * 4
     assert 0.0 <= metrics["au"]["mean_f1"] <= 1.0 and 0.0 <= metrics["uar"] <= 1.0
     epochs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
