@@ -76,6 +76,7 @@ def build_encoder(source: str, img_size: int, num_frames: int):
         source = DEMO_RELEASE if Path(DEMO_RELEASE, "model.safetensors").is_file() else "none"
     kwargs = dict(img_size=img_size, num_frames=num_frames, region_size=[2, 3, 6], embed_dim=128, depth=4,
                   num_heads=4)
+    torch.manual_seed(0)  # a random-init encoder is the same one in every run
     enc, report = build_classifier("lgiformer_tiny_patch16_160", 0, None if source == "none" else source,
                                    global_pool="", **kwargs)
     return enc.eval().requires_grad_(False), source, report
