@@ -92,8 +92,8 @@ def encode(encoder, dataset, device, batch_size: int = 16) -> torch.Tensor:
 @torch.no_grad()
 def pixel_features(dataset, batch_size: int = 64) -> torch.Tensor:
     """The pixel probe's input, no encoder: each window's centre frame and its change from the window's first frame,
-    both average-pooled to 8 x 8-pixel cells and flattened ([N, 2 x 3 x (S / 8)^2]), standardised with the
-    statistics of the set. A calibration of the task, not a head: what a linear read-out of the raw input reaches."""
+    both average-pooled to 8 x 8-pixel cells and flattened ([N, 2 x 3 x (S / 8)^2]). A calibration of the task, not
+    a head: what a linear read-out of the raw input reaches."""
     out = []
     for clips, *_ in torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False):
         centre, first = clips[:, :, clips.shape[2] // 2], clips[:, :, 0]
@@ -102,73 +102,68 @@ def pixel_features(dataset, batch_size: int = 64) -> torch.Tensor:
     return torch.cat(out)
 
 
-def train_pixel_probe(x, y, v, tx, rates, args, seed):
-    """Logistic regression per AU on :func:`pixel_features` with the same masked inverse-frequency BCE, AdamW and
-    schedule as the heads; returns the test probabilities."""
-    from types import SimpleNamespace
-
-    torch.manual_seed(seed)
-    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
-    x, tx = (x - mean) / std, (tx - mean) / std
-    probe = torch.nn.Linear(x.shape[1], y.shape[1])
-    with torch.no_grad():
-        probe.bias.copy_(torch.logit(rates.clamp(1e-3, 1 - 1e-3)))  # U2, as the heads
-    au = SimpleNamespace(loss="wbce", head="linear", au_weighting="inverse_freq", target_transform="none",
-                         ls_convention="halved", loss_args={})
-    loss_fn, _ = build_loss(au, rates)
-    opt = torch.optim.AdamW(probe.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps = args.epochs * max(1, x.shape[0] // args.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.1)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(args.epochs):
-        order = torch.randperm(x.shape[0], generator=gen)
-        for s in range(0, x.shape[0] - args.batch_size + 1, args.batch_size):
-            idx = order[s:s + args.batch_size]
-            loss = loss_fn({"logits": probe(x[idx])}, y[idx].float(), v[idx].float())["loss"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    with torch.no_grad():
-        return torch.sigmoid(probe(tx)), sum(p.numel() for p in probe.parameters())
-
-
 def labels_of(dataset):
     y = torch.stack([torch.from_numpy(dataset.videos[vi].labels[p]) for vi, p in dataset.items])
     v = torch.stack([torch.from_numpy(dataset.videos[vi].valid[p]) for vi, p in dataset.items])
     return y, v
 
 
-def train_head(name, tokens, y, v, rates, encoder, args, seed, device):
+def _au_loss(head_name: str, rates, device):
+    """The AU task's default loss for ``head_name`` (masked inverse-frequency BCE, or the head's own)."""
     from types import SimpleNamespace
 
-    torch.manual_seed(seed)
-    kw = head_kwargs(name, encoder, y.shape[1], False, HEAD_ARGS[name], rates)
-    head = build_au_head(name, **kw).to(device)
-    au = SimpleNamespace(loss="wbce", head=name, au_weighting="inverse_freq", target_transform="none",
+    au = SimpleNamespace(loss="wbce", head=head_name, au_weighting="inverse_freq", target_transform="none",
                          ls_convention="halved", loss_args={})
-    loss_fn, _ = build_loss(au, rates)
-    loss_fn = loss_fn.to(device)
-    opt = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    grid, ns = tuple(encoder.grid_size), int(encoder.num_prefix_tokens)
-    n = tokens.shape[0]
+    return build_loss(au, rates)[0].to(device)
+
+
+def fit(module, forward, y, v, loss_fn, args, seed, device):
+    """The same budget for every head: ``args.epochs`` of AdamW with a one-cycle schedule over shuffled batches;
+    ``forward(idx, y_batch)`` is the head's output dict for the training items ``idx``."""
+    n = y.shape[0]
+    opt = torch.optim.AdamW(module.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps = args.epochs * max(1, n // args.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(seed)
-    head.train()
+    module.train()
     for _ in range(args.epochs):
         order = torch.randperm(n, generator=gen)
         for s in range(0, n - args.batch_size + 1, args.batch_size):
             idx = order[s:s + args.batch_size]
-            t, yy, vv = tokens[idx].to(device), y[idx].to(device).float(), v[idx].to(device).float()
-            extra = {"y": yy} if name == "monet" else {}
-            out = head(t, grid=grid, n_special=ns, **extra)
-            loss = loss_fn(out, yy, vv)["loss"]
+            yy, vv = y[idx].to(device).float(), v[idx].to(device).float()
+            loss = loss_fn(forward(idx, yy), yy, vv)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-    return head.eval()
+    return module.eval()
+
+
+def train_pixel_probe(x, y, v, tx, rates, args, seed):
+    """Logistic regression per AU on :func:`pixel_features` (standardised with the training statistics), with the
+    heads' loss and budget (:func:`fit`); returns the test probabilities and the parameter count."""
+    torch.manual_seed(seed)
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    x, tx = (x - mean) / std, (tx - mean) / std
+    probe = torch.nn.Linear(x.shape[1], y.shape[1])
+    with torch.no_grad():
+        probe.bias.copy_(torch.logit(rates.clamp(1e-3, 1 - 1e-3)))  # U2, as the heads
+    fit(probe, lambda idx, _: {"logits": probe(x[idx])}, y, v, _au_loss("linear", rates, "cpu"), args, seed, "cpu")
+    with torch.no_grad():
+        return torch.sigmoid(probe(tx)), sum(p.numel() for p in probe.parameters())
+
+
+def train_head(name, tokens, y, v, rates, encoder, args, seed, device):
+    torch.manual_seed(seed)
+    kw = head_kwargs(name, encoder, y.shape[1], False, HEAD_ARGS[name], rates)
+    head = build_au_head(name, **kw).to(device)
+    grid, ns = tuple(encoder.grid_size), int(encoder.num_prefix_tokens)
+
+    def forward(idx, yy):
+        extra = {"y": yy} if name == "monet" else {}
+        return head(tokens[idx].to(device), grid=grid, n_special=ns, **extra)
+
+    return fit(head, forward, y, v, _au_loss(name, rates, device), args, seed, device)
 
 
 @torch.no_grad()

@@ -55,11 +55,10 @@ def cached(root: Path, split: str, fold: int, frames: int, stride: int, size: in
            zoom: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     samples = read_video_list(root / "labeled" / "lists" / f"{split}_fold{fold}.txt", root, labeled=True,
                               num_classes=NUM_CLASSES)
-    # The evaluation transform resizes the short side to 1.15 x size, then crops the centre; zoom > 1 resizes it to
-    # more, so the centre crop is a tighter crop around the face (the synthetic head sits in the frame's centre).
-    short = round(1.15 * size * zoom) if zoom != 1.0 else None
+    # The evaluation transform resizes the short side to 1.15 x size (its default), then crops the centre; zoom > 1
+    # resizes it to more, so the centre crop is a tighter crop around the face (the head sits in the frame's centre).
     ds = VideoClassificationDataset(samples, mode="val", num_frames=frames, sampling_rate=stride, img_size=size,
-                                    num_classes=NUM_CLASSES, frame_ext="jpg", short_side_size=short)
+                                    num_classes=NUM_CLASSES, frame_ext="jpg", short_side_size=round(1.15 * size * zoom))
     items = [ds[i] for i in range(len(ds))]
     return torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items])
 

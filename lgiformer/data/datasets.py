@@ -291,9 +291,6 @@ class ClipAULabels:
         self.au_names = list(au_names)
         self._videos = {v.path: (v, {int(f): row for row, f in enumerate(v.frames)}) for v in videos}
 
-    def __len__(self) -> int:
-        return len(self._videos)
-
     def __contains__(self, path: str) -> bool:
         return path in self._videos
 

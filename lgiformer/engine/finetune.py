@@ -155,8 +155,12 @@ def load_finetune_config(config_file: str | None, overrides: list[str]) -> Finet
     return cfg
 
 
+def _lists_dir(cfg: FinetuneDataConfig, root: Path) -> Path:
+    return Path(cfg.lists_dir) if cfg.lists_dir else root
+
+
 def _lists(cfg: FinetuneDataConfig, spec, root: Path) -> tuple[Path, Path]:
-    lists_dir = Path(cfg.lists_dir) if cfg.lists_dir else root
+    lists_dir = _lists_dir(cfg, root)
     fold = cfg.fold if spec.folds > 1 else None
     if spec.folds > 1 and not 1 <= cfg.fold <= spec.folds:
         raise ConfigError(f"data.fold: {spec.name} has folds 1-{spec.folds}, got {cfg.fold}")
@@ -173,8 +177,7 @@ def _clip_au_labels(cfg: FinetuneDataConfig, spec, root: Path):
     if cfg.au_labels:
         path = Path(cfg.au_labels)
     elif "au_labels" in spec.lists:
-        path = spec.list_file("au_labels", cfg.fold if spec.folds > 1 else None,
-                              Path(cfg.lists_dir) if cfg.lists_dir else root)
+        path = spec.list_file("au_labels", cfg.fold if spec.folds > 1 else None, _lists_dir(cfg, root))
     else:
         raise ConfigError(f"au.aux_weight > 0 needs AU labels for the clips of {spec.name}: set data.au_labels to an "
                           "AU CSV (header path,frame,subject,AU..., one row per frame, paths as in the clip lists)")

@@ -46,8 +46,23 @@ _MOKE_KEYS = ("hidden", "dilations", "ca_mode", "unfreeze_norms", "expert_head")
 # ==================================================================================================================
 # The model
 # ==================================================================================================================
+# AU-head parameters that get no weight decay (tokens, positional terms, order logits, learned thresholds).
+HEAD_NO_DECAY = ("label_tokens", "pos_embed", "au_pos", "order_logits", "cls_bias", "theta")
+
+
 def _prefixed(regex: str, prefix: str = r"encoder\.") -> str:
     return "^" + prefix + regex[1:] if regex.startswith("^") else prefix + regex
+
+
+def prefixed_groups(groups: dict, prefix: str) -> dict:
+    """A timm ``group_matcher`` dict of a submodule, with every regex moved under ``prefix`` (``encoder.``, ...)."""
+    return {key: _prefixed(value, prefix) if isinstance(value, str) else [(_prefixed(r, prefix), o) for r, o in value]
+            for key, value in groups.items()}
+
+
+def au_probs(out: Dict) -> torch.Tensor:
+    """Per-AU probabilities from an AU head's output dict (heads that output ``probs`` give them), float32."""
+    return (out["probs"] if "probs" in out else torch.sigmoid(out["logits"].float())).float()
 
 
 class AUModel(nn.Module):
@@ -102,21 +117,14 @@ class AUModel(nn.Module):
         skip = {f"encoder.{k}" for k in (self.encoder.no_weight_decay() if hasattr(self.encoder, "no_weight_decay")
                                          else ())}
         for name, _ in self.head.named_parameters():
-            if name.endswith(("label_tokens", "pos_embed", "au_pos", "order_logits", "cls_bias", "theta")):
+            if name.endswith(HEAD_NO_DECAY):
                 skip.add(f"head.{name}")
         return skip
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
         """The encoder's groups under ``encoder.``; the head (unmatched) lands in the last group (lr scale 1)."""
-        inner = self.encoder.group_matcher(coarse)
-        out: dict = {}
-        for key, value in inner.items():
-            if isinstance(value, str):
-                out[key] = _prefixed(value)
-            else:
-                out[key] = [(_prefixed(r), o) for r, o in value]
-        return out
+        return prefixed_groups(self.encoder.group_matcher(coarse), r"encoder\.")
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         if self.moke and enable:
@@ -318,11 +326,8 @@ def au_metrics(probs, labels, valid, video_ids: Sequence, centre_mask=None, *, t
 
 
 def _probs_from_output(out: Dict, dense: bool, centre_slot: int) -> torch.Tensor:
-    probs = out["probs"] if "probs" in out else torch.sigmoid(out["logits"].float())
-    probs = probs.float()
-    if dense:
-        probs = probs[:, centre_slot]
-    return probs
+    probs = au_probs(out)
+    return probs[:, centre_slot] if dense else probs
 
 
 @torch.no_grad()

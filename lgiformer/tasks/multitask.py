@@ -11,12 +11,12 @@ that ``load_au_model`` rebuilds and that gives the same AU probabilities.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
-from lgiformer.engine.finetune_au import AUModel, _prefixed
+from lgiformer.engine.finetune_au import HEAD_NO_DECAY, AUModel, au_probs, prefixed_groups
+
+__all__ = ["ExpressionAUModel", "au_probs", "export_au_model"]
 
 # Keys of a pooled classifier that an unpooled, head-less encoder does not have.
 _CLASSIFIER_ONLY = ("head.", "fc_norm.")
@@ -48,27 +48,17 @@ class ExpressionAUModel(nn.Module):
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         skip = {f"classifier.{k}" for k in self.classifier.no_weight_decay()}
-        skip |= {f"au_head.{name}" for name, _ in self.au_head.named_parameters()
-                 if name.endswith(("label_tokens", "pos_embed", "au_pos", "order_logits", "cls_bias", "theta"))}
+        skip |= {f"au_head.{name}" for name, _ in self.au_head.named_parameters() if name.endswith(HEAD_NO_DECAY)}
         return skip
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
         """The encoder's layer-decay groups under ``classifier.``; both heads and ``au_norm`` (unmatched) land in
         the last group (lr scale 1)."""
-        out: dict = {}
-        for key, value in self.classifier.group_matcher(coarse).items():
-            out[key] = (_prefixed(value, r"classifier\.") if isinstance(value, str)
-                        else [(_prefixed(r, r"classifier\."), o) for r, o in value])
-        return out
+        return prefixed_groups(self.classifier.group_matcher(coarse), r"classifier\.")
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.classifier.set_grad_checkpointing(enable)
-
-
-def au_probs(out: dict[str, Any]) -> torch.Tensor:
-    """Per-AU probabilities ``[B, A]`` from an AU head's output dict (heads that output ``probs`` give them)."""
-    return (out["probs"] if "probs" in out else torch.sigmoid(out["logits"].float())).float()
 
 
 def export_au_model(model: ExpressionAUModel) -> AUModel:
