@@ -660,8 +660,9 @@ def _video_codec() -> str:
 
 def _rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
     """``[H, W, 3]`` uint8 RGB -> ``[3H/2, W]`` planar YUV 4:2:0, BT.601 limited range (what decoders assume), chroma
-    averaged over 2 x 2 pixels. Done here rather than by the encoder's swscale conversion, whose output was seen to
-    depend on the process's earlier allocations (a second generation in one process gave other mp4 bytes)."""
+    averaged over 2 x 2 pixels. Done here rather than by swscale, whose conversion made a second generation in the
+    same process give other mp4 bytes. (libx264 itself can still encode the odd frame differently in a process that
+    has done other work first, e.g. trained a model; a fresh process always gives the same bytes.)"""
     x = rgb.astype(np.float32)
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
     y = 16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0
