@@ -2,16 +2,19 @@
 
     python benchmarks/learnability.py --data output/exp/data40 --model lgiformer --epochs 30
     python benchmarks/learnability.py --data output/exp/data40 --model cnn3d --epochs 24
+    python benchmarks/learnability.py --data output/exp/data40 --model lgiformer --init output/pretrain/demo/release
 
-Trains from scratch on one fold of a synthetic labeled set with the simplest possible loop: every clip decoded
+Trains on one fold of a synthetic labeled set with the simplest possible loop: every clip decoded
 once (the validation transform: centre window, centre crop, no augmentation), cached in memory, plain AdamW with a
 one-cycle schedule, random horizontal flips. It prints training accuracy and subject-disjoint test UAR every few
 epochs. It bypasses the pipeline on purpose: if a model cannot learn here, no recipe of ``finetune/run.py`` will
 make it learn in the same budget. ``--make-data`` writes the labeled set first (e.g. ``--subjects 40
 --clips-per-class 1``: as many clips as the demo, four times the identities).
 
-Models: the demo-size LGI-Former (width 128, depth 4, 96 px, 8 frames) or a small 3D CNN (4 conv layers with
-BatchNorm, about 0.8 M parameters), the kind of model that usually learns from little data.
+Models: the demo-size LGI-Former (width 128, depth 4, 96 px, 8 frames), a ViT of the same size, or a small 3D CNN
+(4 conv layers with BatchNorm, about 0.8 M parameters), the kind of model that usually learns from little data.
+``--init RELEASE`` starts a transformer from a pretrained encoder (``pretrain/run.py``'s release) instead of random
+init, so the same loop measures what pretraining gives; ``--pool`` picks its ``global_pool``.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ if str(ROOT) not in sys.path:
 from lgiformer.data import VideoClassificationDataset, ensure_synthetic, read_video_list  # noqa: E402
 from lgiformer.metrics import classification_metrics  # noqa: E402
 from lgiformer.models import create_model  # noqa: E402
+from lgiformer.tasks import load_pretrained  # noqa: E402
 
 NUM_CLASSES = 7
 
@@ -44,11 +48,15 @@ def small_cnn3d(num_classes: int = NUM_CLASSES) -> nn.Module:
                          nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(128, num_classes))
 
 
-def build(name: str, size: int, frames: int) -> nn.Module:
+def build(name: str, size: int, frames: int, pool: str | None = None) -> nn.Module:
     if name == "cnn3d":
         return small_cnn3d()
-    return create_model("lgiformer_tiny_patch16_160", num_classes=NUM_CLASSES, img_size=size, num_frames=frames,
-                        embed_dim=128, depth=4, num_heads=4, region_size=[2, 3, 6])
+    width = dict(num_classes=NUM_CLASSES, img_size=size, num_frames=frames, embed_dim=128, depth=4, num_heads=4)
+    if pool:
+        width["global_pool"] = pool
+    if name == "vit":
+        return create_model("vit_tiny_patch16_160", **width)
+    return create_model("lgiformer_tiny_patch16_160", region_size=[2, 3, 6], **width)
 
 
 def cached(root: Path, split: str, fold: int, frames: int, stride: int, size: int,
@@ -63,14 +71,14 @@ def cached(root: Path, split: str, fold: int, frames: int, stride: int, size: in
     return torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="output/exp/data40")
     p.add_argument("--make-data", action="store_true")
     p.add_argument("--subjects", type=int, default=40)
     p.add_argument("--clips-per-class", type=int, default=1)
     p.add_argument("--fold", type=int, default=1)
-    p.add_argument("--model", choices=("lgiformer", "cnn3d"), default="lgiformer")
+    p.add_argument("--model", choices=("lgiformer", "vit", "cnn3d"), default="lgiformer")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch", type=int, default=8)
@@ -78,10 +86,12 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--stride", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", default=None, help="start the transformer from this release (default: random init)")
+    p.add_argument("--pool", default=None, help="the transformer's global_pool (default: the model's own)")
     p.add_argument("--zoom", type=float, default=1.0,
                    help="crop tighter around the face: the centre 1/zoom of the frame fills the input")
     p.add_argument("--data-size", type=int, default=112, help="--make-data: the generator's frame size")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     root = Path(a.data)
     if a.make_data:
         ensure_synthetic(root, parts="labeled", subjects=a.subjects, clips_per_class_per_subject=a.clips_per_class,
@@ -92,10 +102,16 @@ def main() -> None:
     x_test, y_test = cached(root, "test", a.fold, a.frames, a.stride, a.size, a.zoom)
     print(f"{a.model}: {len(x_train)} train / {len(x_test)} test clips of {tuple(x_train.shape[1:])}, "
           f"decoded in {time.time() - start:.0f} s", flush=True)
-    model = build(a.model, a.size, a.frames)
+    model = build(a.model, a.size, a.frames, a.pool)
+    loaded = []
+    if a.init:
+        report = load_pretrained(model, a.init)
+        loaded = report.loaded
+        print(report.summary(), flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.05)
     steps_per_epoch = len(x_train) // a.batch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, a.lr, total_steps=a.epochs * steps_per_epoch, pct_start=0.1)
+    history = []
     for epoch in range(1, a.epochs + 1):
         model.train()
         order, correct, loss_sum = torch.randperm(len(x_train)), 0, 0.0
@@ -116,9 +132,12 @@ def main() -> None:
                 pred = torch.cat([model(x_test[i:i + 16]).argmax(-1) for i in range(0, len(x_test), 16)])
             m = classification_metrics(y_test.numpy(), pred.numpy(), NUM_CLASSES)
             seen = steps_per_epoch * a.batch
+            history.append(dict(epoch=epoch, loss=loss_sum / seen, train_acc=correct / seen, uar=m["uar"],
+                                war=m["war"]))
             print(f"epoch {epoch:3d}  loss {loss_sum / seen:.3f}  train acc {correct / seen:.2f}  "
                   f"test UAR {100 * m['uar']:.1f}  WAR {100 * m['war']:.1f}  [{time.time() - start:.0f} s]",
                   flush=True)
+    return dict(history=history, loaded=loaded, train_clips=len(x_train), test_clips=len(x_test))
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ class MaskGenerator:
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """Bool mask [B, N] in region-major order; True = masked."""
         t, h, w = self.layout.grid
-        (nt, nh, nw), (_, rh, rw) = self.layout.regions_per_axis, self.layout.region
+        (_, nh, nw), (_, rh, rw) = self.layout.regions_per_axis, self.layout.region
         if self.mask_type == "random":
             noise = torch.rand(batch_size, t * h * w, device=device, generator=generator)
             return self.layout.to_region_major(self._keep_lowest(noise))

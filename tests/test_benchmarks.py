@@ -64,7 +64,8 @@ def test_throughput_json_on_a_tiny_config(capsys):
     from benchmarks import throughput
 
     throughput.main(["--model", "lgiformer_tiny_patch16_160", "--frames", "4", "--img-size", "32", "--depth", "1",
-                     "--region", "1x1x2", "--batch", "1", "--iters", "1", "--warmup", "0", "--threads", "1", "--no-memory", "--json",
+                     "--region", "1x1x2", "--batch", "1", "--iters", "1", "--warmup", "0", "--threads", "1",
+                     "--no-memory", "--json",
                      "--compare", "lgiformer_tiny_patch16_160", "lgiformer_tiny_patch16_160:impl=reference",
                      "vit_tiny_patch16_160:mode=pretrain"])
     result = json.loads(capsys.readouterr().out)
@@ -97,8 +98,9 @@ def test_pretrain_effect_table_and_paired_differences():
     # pretrained - scratch per fold: +10, +20 -> mean +15, sample std 7.1; motion - appearance: +5, 0
     assert "LGI app+motion minus LGI scratch: UAR +15.0 +- 7.1 points over folds 1: +10.0, 2: +20.0" in table
     assert "LGI app+motion minus LGI appearance: UAR +2.5 +- 3.5 points" in table
-    assert sizes(25) == dict(unlabeled=540, per_class=3, pre_epochs=3, ft_epochs=9)   # the measured point
-    assert sizes(50) == dict(unlabeled=1080, per_class=3, pre_epochs=3, ft_epochs=18)
+    assert sizes(45) == dict(unlabeled=1200, per_class=3, pre_epochs=12, ft_epochs=20)   # the measured point
+    assert sizes(90) == dict(unlabeled=1200, per_class=3, pre_epochs=24, ft_epochs=40)
+    assert sizes(5) == dict(unlabeled=1200, per_class=3, pre_epochs=2, ft_epochs=4)     # floors
 
 
 def test_au_heads_benchmark_runs_and_reports_f1_and_auc(tmp_path, capsys):
@@ -115,3 +117,20 @@ def test_au_heads_benchmark_runs_and_reports_f1_and_auc(tmp_path, capsys):
     assert summary["heads"]["linear"]["ms_per_clip"] > 0 and summary["heads"]["pixel_probe"]["ms_per_clip"] == 0
     assert json.loads((tmp_path / "au.json").read_text())["heads"].keys() == summary["heads"].keys()
     assert "pixel_probe" in capsys.readouterr().out
+
+
+def test_learnability_starts_from_a_release_and_reports_each_evaluation(tmp_path, capsys):
+    from benchmarks import learnability
+    from lgiformer.release import write_release
+
+    encoder = create_model("lgiformer_tiny_patch16_160", num_classes=0, global_pool="", img_size=96, num_frames=8,
+                           embed_dim=128, depth=4, num_heads=4, region_size=[2, 3, 6])
+    release = write_release(encoder, tmp_path / "release", source={"kind": "test"})
+    out = learnability.main(["--make-data", "--data", str(tmp_path / "syn"), "--subjects", "5", "--clips-per-class",
+                             "1", "--data-size", "96", "--epochs", "1", "--init", str(release), "--frames", "8"])
+    # Every encoder weight comes from the release; only the classifier (fc_norm, head) starts fresh.
+    assert len(out["loaded"]) == len(encoder.state_dict()) - 2   # the release's unpooled `norm` is not in the model
+    assert out["train_clips"] + out["test_clips"] == 5 * 7 and out["test_clips"] == 7   # one subject per fold
+    (last,) = out["history"]
+    assert last["epoch"] == 1 and 0.0 <= last["uar"] <= 1.0 and 0.0 <= last["train_acc"] <= 1.0
+    assert f"{len(out['loaded'])} loaded, 4 new" in capsys.readouterr().out   # the load report is printed

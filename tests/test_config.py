@@ -58,6 +58,17 @@ def test_bad_values_fail_with_a_clear_message(args, fragment):
     assert fragment in str(err.value)
 
 
+@pytest.mark.parametrize("value", ["none", "null", "None", ""])
+def test_auto_augment_off_spellings_all_mean_no_randaugment(value):
+    assert load_finetune_config(None, ["--data.auto_augment", value]).data.auto_augment == ""
+
+
+def test_bad_auto_augment_is_a_config_error_not_a_timm_assertion():
+    with pytest.raises(ConfigError) as err:
+        load_finetune_config(None, ["--data.auto_augment", "m7-n4"])
+    assert "data.auto_augment" in str(err.value) and "rand-m7-n4" in str(err.value)
+
+
 def test_unknown_key_in_yaml_names_the_section(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim:\n  learning_rate: 0.1\n")

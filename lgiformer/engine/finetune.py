@@ -85,6 +85,11 @@ class FinetuneDataConfig:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.test_num_clips < 1 or self.test_num_crops < 1:
             raise ConfigError("data.test_num_clips and data.test_num_crops must be >= 1")
+        if self.auto_augment.strip().lower() in ("none", "null", "off", "false"):
+            self.auto_augment = ""
+        if self.auto_augment and not self.auto_augment.startswith("rand-"):
+            raise ConfigError(f"data.auto_augment: expected a RandAugment spec such as 'rand-m7-n4-mstd0.5-inc1', or "
+                              f"'' / none for no RandAugment, got {self.auto_augment!r}")
 
 
 @dataclasses.dataclass

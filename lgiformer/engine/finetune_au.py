@@ -292,10 +292,11 @@ class AUFrameWindows(Dataset):
 # ==================================================================================================================
 def au_metrics(probs, labels, valid, video_ids: Sequence, centre_mask=None, *, threshold: float = 0.5,
                smooth_window: int = 0, au_names: Sequence[str] | None = None) -> tuple[Dict[str, Any], Any]:
-    """(metrics, smoothed probabilities or None). Per-AU F1 and mean F1 (U5, U6) of frame-wise probabilities ``[N, A]`` (frames of a video contiguous and in
-    time order): ``frame`` (raw), ``smoothed`` (moving mean of ``smooth_window`` frames per video, §5.6; only when
-    the window is > 1), ``centre_clip`` (only the rows in ``centre_mask``). ``mean_f1`` / ``per_au`` / ``protocol``
-    name the primary view (smoothed when present, else frame)."""
+    """(metrics, smoothed probabilities or None). Per-AU F1 and mean F1 (U5, U6) of frame-wise probabilities
+    ``[N, A]`` (frames of a video contiguous and in time order): ``frame`` (raw), ``smoothed`` (moving mean of
+    ``smooth_window`` frames per video, §5.6; only when the window is > 1), ``centre_clip`` (only the rows in
+    ``centre_mask``). ``mean_f1`` / ``per_au`` / ``protocol`` name the primary view (smoothed when present, else
+    frame)."""
     from lgiformer.au import fold_f1, smooth_by_video
 
     probs = torch.as_tensor(probs).float()
