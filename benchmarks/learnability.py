@@ -32,6 +32,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from lgiformer.data import VideoClassificationDataset, ensure_synthetic, read_video_list  # noqa: E402
+from lgiformer.data.transforms import EvalTransform  # noqa: E402
 from lgiformer.metrics import classification_metrics  # noqa: E402
 from lgiformer.models import create_model  # noqa: E402
 from lgiformer.tasks import load_pretrained  # noqa: E402
@@ -51,22 +52,24 @@ def small_cnn3d(num_classes: int = NUM_CLASSES) -> nn.Module:
 def build(name: str, size: int, frames: int, pool: str | None = None) -> nn.Module:
     if name == "cnn3d":
         return small_cnn3d()
-    width = dict(num_classes=NUM_CLASSES, img_size=size, num_frames=frames, embed_dim=128, depth=4, num_heads=4)
+    args = dict(num_classes=NUM_CLASSES, img_size=size, num_frames=frames, embed_dim=128, depth=4, num_heads=4)
     if pool:
-        width["global_pool"] = pool
+        args["global_pool"] = pool
     if name == "vit":
-        return create_model("vit_tiny_patch16_160", **width)
-    return create_model("lgiformer_tiny_patch16_160", region_size=[2, 3, 6], **width)
+        return create_model("vit_tiny_patch16_160", **args)
+    return create_model("lgiformer_tiny_patch16_160", region_size=[2, 3, 6], **args)
 
 
 def cached(root: Path, split: str, fold: int, frames: int, stride: int, size: int,
            zoom: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     samples = read_video_list(root / "labeled" / "lists" / f"{split}_fold{fold}.txt", root, labeled=True,
                               num_classes=NUM_CLASSES)
-    # The evaluation transform resizes the short side to 1.15 x size (its default), then crops the centre; zoom > 1
-    # resizes it to more, so the centre crop is a tighter crop around the face (the head sits in the frame's centre).
+    # The short side is resized to 1.15 x size (the test views' margin), then the centre is cropped: the input shows
+    # the centre 87 % of the frame. zoom > 1 resizes it further, so the crop is tighter around the face (the head sits
+    # in the frame's centre): 1/(1.15 x zoom) of the frame, 54 % at zoom 1.6.
+    short_side = round(EvalTransform.MULTI_CROP_ZOOM * size * zoom)
     ds = VideoClassificationDataset(samples, mode="val", num_frames=frames, sampling_rate=stride, img_size=size,
-                                    num_classes=NUM_CLASSES, frame_ext="jpg", short_side_size=round(1.15 * size * zoom))
+                                    num_classes=NUM_CLASSES, frame_ext="jpg", short_side_size=short_side)
     items = [ds[i] for i in range(len(ds))]
     return torch.stack([it[0] for it in items]), torch.tensor([it[1] for it in items])
 
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--init", default=None, help="start the transformer from this release (default: random init)")
     p.add_argument("--pool", default=None, help="the transformer's global_pool (default: the model's own)")
     p.add_argument("--zoom", type=float, default=1.0,
-                   help="crop tighter around the face: the centre 1/zoom of the frame fills the input")
+                   help="crop tighter around the face: the centre 1/(1.15 x zoom) of the frame fills the input")
     p.add_argument("--data-size", type=int, default=112, help="--make-data: the generator's frame size")
     a = p.parse_args(argv)
     root = Path(a.data)
