@@ -151,6 +151,54 @@ def test_pretrain_items_and_masks(tmp_path, media):
     assert bare[0][1].shape == (0,) and bare[0][1].dtype == torch.bool
 
 
+def test_repeated_sampling_decodes_once_and_cuts_distinct_views(tmp_path, media, monkeypatch):
+    """repeat_aug = 3: one decode per item, 3 views with their own crop and mask; view 0 is the item that
+    repeat_aug = 1 gives (same draws in the same order), and the collated batch holds each video's views in a row."""
+    import lgiformer.data.datasets as datasets
+    from lgiformer.data import collate_repeated
+
+    media.mp4(tmp_path / "v.mp4", media.frames(24, 32))
+    media.folder(tmp_path / "f", media.frames(12, 32, seed=1))
+    (tmp_path / "pretrain.txt").write_text("v.mp4 0 24\nf\n")
+
+    def masker(batch, device, generator=None):
+        return torch.rand(batch, 10, generator=generator) < 0.5
+
+    def dataset(repeat_aug):
+        return VideoPretrainDataset(str(tmp_path / "pretrain.txt"), str(tmp_path), num_frames=4, stride=2,
+                                    transform=StandIn(), mask_generator=masker, repeat_aug=repeat_aug)
+
+    decodes = []
+    real_open = datasets.open_video
+
+    def counting_open(*args, **kwargs):
+        reader = real_open(*args, **kwargs)
+        real_get = reader.get
+        reader.get = lambda indices: decodes.append(list(indices)) or real_get(indices)
+        return reader
+
+    monkeypatch.setattr(datasets, "open_video", counting_open)
+    single, repeated = dataset(1), dataset(3)
+    for index in (0, 1):
+        decodes.clear()
+        clips, masks, got = repeated[index]
+        assert len(decodes) == 1 and got == index
+        assert clips.shape == (3, 3, 4, S, S) and masks.shape == (3, 10) and masks.dtype == torch.bool
+        clip, mask, _ = single[index]
+        torch.testing.assert_close(clips[0], clip)
+        assert torch.equal(masks[0], mask)
+        for a, b in ((0, 1), (0, 2), (1, 2)):
+            assert not torch.allclose(clips[a], clips[b]) and not torch.equal(masks[a], masks[b])
+        again = repeated[index]  # reproducible per (seed, epoch, index), as every item
+        assert torch.equal(again[0], clips) and torch.equal(again[1], masks)
+    batch = collate_repeated([repeated[0], repeated[1]])
+    assert batch[0].shape == (6, 3, 4, S, S) and batch[1].shape == (6, 10)
+    assert batch[2].tolist() == [0, 0, 0, 1, 1, 1]
+    assert torch.equal(batch[0][3:], repeated[1][0]) and torch.equal(batch[1][:3], repeated[0][1])
+    with pytest.raises(ValueError, match="repeat_aug must be >= 1"):
+        dataset(0)
+
+
 def test_au_items_clip_and_dense(tmp_path, media):
     media.folder(tmp_path / "v", media.frames(10, 32))
     labels = (np.arange(30).reshape(10, 3) % 2).astype(np.float32)

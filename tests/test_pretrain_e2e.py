@@ -117,8 +117,10 @@ def test_sigkill_mid_epoch_then_resume_auto_matches_uninterrupted_run(tmp_path, 
 
 
 def test_sigterm_saves_a_mid_epoch_checkpoint_and_resume_continues(tmp_path, synthetic):
+    """With repeated sampling (2 views per video, so 1 video and 2 clips per step: 8 steps per epoch), which also
+    checks that a resumed epoch skips the videos it consumed, not the clips."""
     out = tmp_path / "term"
-    proc = start(["pretrain/run.py", *_args(out, synthetic, "--release_dir", "none")],
+    proc = start(["pretrain/run.py", *_args(out, synthetic, "--release_dir", "none", "--data.repeat_aug", "2")],
                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and not ((out / "steps.jsonl").is_file() and
@@ -134,11 +136,19 @@ def test_sigterm_saves_a_mid_epoch_checkpoint_and_resume_continues(tmp_path, syn
 
     state = read_client_state(find_checkpoint(out))
     assert state["loop"]["batch_in_epoch"] > 0  # saved in the middle of an epoch
-    _pretrain(out, synthetic, "--release_dir", "none", "--run.resume", "auto")
-    assert find_checkpoint(out).name == "epoch0003_step00000012"
+    _pretrain(out, synthetic, "--release_dir", "none", "--run.resume", "auto", "--data.repeat_aug", "2")
+    assert find_checkpoint(out).name == "epoch0003_step00000024"
+    steps = _steps(out)
+    assert sorted(steps) == [(epoch, batch) for epoch in range(3) for batch in range(1, 9)]
 
 
 def test_config_errors_are_clear(tmp_path):
     proc = run(["pretrain/run.py", "--run.batch_sise", "3"], timeout=120, check=False)
     assert proc.returncode == 2
     assert "unknown key 'batch_sise'" in proc.stderr and "did you mean batch_size" in proc.stderr
+    from lgiformer.config import ConfigError
+    from lgiformer.engine.pretrain import load_pretrain_config
+
+    with pytest.raises(ConfigError, match=r"run.batch_size \(2, .*\) must be a multiple of data.repeat_aug \(3"):
+        load_pretrain_config(str(CONFIG), ["--data.repeat_aug", "3"])
+    assert load_pretrain_config(str(CONFIG), ["--data.repeat_aug", "2"]).data.repeat_aug == 2

@@ -4,8 +4,8 @@ Also the deterministic synthetic face-video generator (``python -m lgiformer.dat
 and generator names are imported lazily, on first use, so this package imports even while one of them is missing.
 """
 from lgiformer.data.datasets import (AUVideoDataset, BadSampleCounter, ClipAULabels, RobustVideoDataset,
-                                     TooManyBadSamples, VideoClassificationDataset, VideoPretrainDataset, sample_rng,
-                                     split_validation, subset)
+                                     TooManyBadSamples, VideoClassificationDataset, VideoPretrainDataset,
+                                     collate_repeated, sample_rng, split_validation, subset)
 from lgiformer.data.lists import AUVideo, ListFormatError, VideoSample, read_au_csv, read_video_list
 from lgiformer.data.loader import ResumableDistributedSampler, build_loader, seed_worker, set_epoch
 from lgiformer.data.readers import VideoReadError, list_frames, natural_key, open_video, read_frames
@@ -33,6 +33,7 @@ def __dir__() -> list[str]:
 __all__ = ["AUVideo", "AUVideoDataset", "BadSampleCounter", "ClipAULabels", "DatasetSpec", "ListFormatError",
            "ResumableDistributedSampler", "RobustVideoDataset", "TooManyBadSamples", "VideoClassificationDataset",
            "VideoPretrainDataset", "VideoReadError", "VideoSample", "build_loader", "center_indices",
-           "get_dataset_spec", "list_datasets", "list_frames", "multi_clip_indices", "natural_key", "open_video",
-           "pretrain_indices", "read_au_csv", "read_frames", "read_video_list", "register_dataset", "sample_rng",
-           "seed_worker", "set_epoch", "split_validation", "subset", "test_clip_indices", "train_indices", *_LAZY]
+           "collate_repeated", "get_dataset_spec", "list_datasets", "list_frames", "multi_clip_indices", "natural_key",
+           "open_video", "pretrain_indices", "read_au_csv", "read_frames", "read_video_list", "register_dataset",
+           "sample_rng", "seed_worker", "set_epoch", "split_validation", "subset", "test_clip_indices", "train_indices",
+           *_LAZY]

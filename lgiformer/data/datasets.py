@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from lgiformer.data.lists import AUVideo, VideoSample, read_au_csv, read_video_list
 from lgiformer.data.readers import VideoReadError, open_video
@@ -250,17 +250,26 @@ class VideoPretrainDataset(RobustVideoDataset):
     """Unlabeled clips for masked pretraining: ``(clip [3, T, S, S] float, mask [N] bool, index)``; the mask is an
     empty bool tensor without ``mask_generator``. ``samples`` is a list of :class:`VideoSample` or a pretraining list
     file (``path`` or ``path start total``; files are not checked at start-up unless ``check_files``: a missing or
-    broken one is replaced when read)."""
+    broken one is replaced when read).
+
+    ``repeat_aug = r > 1`` is repeated sampling (MAE-ST's ``repeat_aug``, VideoMAE V2's ``num_sample``): the window is
+    decoded once and cut into ``r`` views, each with its own crop and mask, so an item is ``(clips [r, 3, T, S, S],
+    masks [r, N], index)``. Decoding is most of a pretraining sample's cost, so a loader worker then delivers close to
+    ``r`` times the clips per second. Load it with ``collate_fn=collate_repeated``, which lays the views out as
+    ``r`` consecutive rows of an ordinary batch."""
 
     def __init__(self, samples: Sequence[VideoSample] | str, data_root: str | None = None, *, num_frames: int = 16,
                  stride: int = 4, input_size: int = 160, transform=None, mask_generator=None, seed: int = 0,
                  backend: str = "auto", max_retries: int = 10, min_frames: int = 1, check_files: bool = False,
-                 frame_ext: str | None = None, frame_template: str | None = None) -> None:
+                 frame_ext: str | None = None, frame_template: str | None = None, repeat_aug: int = 1) -> None:
+        if repeat_aug < 1:
+            raise ValueError(f"repeat_aug must be >= 1, got {repeat_aug}")
         if _is_path(samples):
             samples = read_video_list(samples, data_root, labeled=False, check_files=check_files)
         super().__init__(len(samples), seed, max_retries)
         self.samples = list(samples)
         self.num_frames, self.stride, self.backend, self.min_frames = num_frames, stride, backend, min_frames
+        self.repeat_aug = repeat_aug
         self.frame_opts = _frame_opts(frame_ext, frame_template)
         if transform is None:
             from lgiformer.data.transforms import build_transform
@@ -275,11 +284,26 @@ class VideoPretrainDataset(RobustVideoDataset):
         s = self.samples[index]
         reader, available = _open_sample(s, self.backend, self.min_frames, self.frame_opts)
         indices = pretrain_indices(available, self.num_frames, self.stride, rng) + s.start
-        clip = self.transform(reader.get(indices.tolist()))
+        frames = reader.get(indices.tolist())
+        views = [self._view(frames, rng) for _ in range(self.repeat_aug)]
+        if self.repeat_aug == 1:
+            return views[0]
+        return torch.stack([clip for clip, _ in views]), torch.stack([mask for _, mask in views])
+
+    def _view(self, frames, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        clip = self.transform(frames)
         if self.mask_generator is None:
             return clip, torch.zeros(0, dtype=torch.bool)
         gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
         return clip, self.mask_generator(1, "cpu", generator=gen)[0]
+
+
+def collate_repeated(items: list) -> tuple[torch.Tensor, ...]:
+    """Batch of :class:`VideoPretrainDataset` items made with ``repeat_aug = r``: ``[B * r, ...]`` clips and masks,
+    the ``r`` views of each video in consecutive rows, and each video's index repeated ``r`` times."""
+    clips, masks, indices = default_collate(items)
+    r = clips.shape[1]
+    return clips.flatten(0, 1), masks.flatten(0, 1), indices.repeat_interleave(r)
 
 
 class ClipAULabels:

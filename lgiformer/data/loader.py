@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -69,7 +69,8 @@ def seed_worker(worker_id: int) -> None:
 
 def build_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: bool, num_workers: int = 0,
                  seed: int = 0, rank: int | None = None, world_size: int | None = None, pin_memory: bool = False,
-                 persistent_workers: bool = False, prefetch_factor: int | None = None) -> DataLoader:
+                 persistent_workers: bool = False, prefetch_factor: int | None = None,
+                 collate_fn: Callable | None = None) -> DataLoader:
     """A DataLoader over a :class:`ResumableDistributedSampler` (world size and rank from torch.distributed when it
     is initialised, else 1 and 0), so global batch ``k`` (rank batches ``k`` of all ranks together) holds the same
     samples with 1 or N processes when ``batch_size`` x world size is kept. ``batch_size`` is per process. Workers
@@ -86,6 +87,7 @@ def build_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last:
     extra = {"prefetch_factor": prefetch_factor} if prefetch_factor and num_workers > 0 else {}
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
                       pin_memory=pin_memory, worker_init_fn=seed_worker if num_workers > 0 else None,
+                      collate_fn=collate_fn,
                       generator=generator, persistent_workers=persistent_workers and num_workers > 0, **extra)
 
 

@@ -294,7 +294,8 @@ def _run(cfg: FinetuneConfig, env, logger) -> dict[str, Any]:
     records = trainer.fit(training, cfg.run, cfg.optim, loader, step_fn,
                           checkpoint_info=dict(kind="finetune", model_name=model.model_name, model_args=args,
                                                config=to_dict(cfg), class_names=class_names),
-                          set_epoch=lambda epoch, start: set_epoch(loader, epoch, start), end_of_epoch=end_of_epoch)
+                          set_epoch=lambda epoch, batches: set_epoch(loader, epoch, start_step=batches),
+                          end_of_epoch=end_of_epoch)
 
     final_model, selection = trainer.select_final_model(training.model, cfg.eval.select, cfg.optim.epochs,
                                                         best["state"], best["epoch"], val_uar=best["uar"])

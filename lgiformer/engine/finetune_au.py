@@ -534,7 +534,8 @@ def run_au(cfg, env, logger) -> Dict[str, Any]:
     records = trainer.fit(training, cfg.run, cfg.optim, loader, step_fn,
                           checkpoint_info=dict(kind="finetune_au", model_name=model.encoder.model_name,
                                                model_args=args, config=to_dict(cfg), au_names=au_names),
-                          set_epoch=lambda epoch, start: set_epoch(loader, epoch, start), end_of_epoch=end_of_epoch)
+                          set_epoch=lambda epoch, batches: set_epoch(loader, epoch, start_step=batches),
+                          end_of_epoch=end_of_epoch)
 
     final_model, selection = trainer.select_final_model(training.model, cfg.eval.select, cfg.optim.epochs,
                                                         best["state"], best["epoch"], val_mean_f1=best["f1"])

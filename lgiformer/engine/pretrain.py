@@ -71,12 +71,13 @@ class PretrainDataConfig:
     sampling_rate: int = 4
     num_workers: int = 2
     backend: str = "auto"                     # auto | decord | pyav | frames
+    repeat_aug: int = 1                       # views per decoded window (repeated sampling); 1 = the reference
     bad_sample_threshold: float = 0.01
     synthetic: dict = dataclasses.field(default_factory=dict)   # generator options (lgiformer.data.synthetic)
 
     def validate(self) -> None:
-        if self.sampling_rate < 1 or self.num_workers < 0:
-            raise ConfigError("data.sampling_rate must be >= 1 and data.num_workers >= 0")
+        if self.sampling_rate < 1 or self.num_workers < 0 or self.repeat_aug < 1:
+            raise ConfigError("data.sampling_rate and data.repeat_aug must be >= 1, and data.num_workers >= 0")
         if not 0.0 <= self.bad_sample_threshold <= 1.0:
             raise ConfigError(f"data.bad_sample_threshold must be in [0, 1], got {self.bad_sample_threshold}")
 
@@ -88,6 +89,11 @@ class PretrainConfig:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     run: RunConfig = dataclasses.field(default_factory=lambda: RunConfig(output_dir="output/pretrain"))
     release_dir: str = ""                     # "" : <output_dir>/release; "none": no release at the end
+
+    def validate(self) -> None:
+        if self.run.batch_size % self.data.repeat_aug:
+            raise ConfigError(f"run.batch_size ({self.run.batch_size}, the clips per step and process) must be a "
+                              f"multiple of data.repeat_aug ({self.data.repeat_aug}, the clips cut from each video)")
 
 
 def load_pretrain_config(config_file: str | None, overrides: list[str]) -> PretrainConfig:
@@ -125,7 +131,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
 
 
 def _run(cfg: PretrainConfig, env, logger) -> dict[str, Any]:
-    from lgiformer.data import VideoPretrainDataset, build_loader, set_epoch
+    from lgiformer.data import VideoPretrainDataset, build_loader, collate_repeated, set_epoch
 
     m, d = cfg.model, cfg.data
     model = build_pretrain_model(m.name, decoder_embed_dim=m.decoder_embed_dim, decoder_depth=m.decoder_depth,
@@ -138,10 +144,13 @@ def _run(cfg: PretrainConfig, env, logger) -> dict[str, Any]:
     root, list_file = prepare_data_root(d, env.is_main)
     dataset = VideoPretrainDataset(str(list_file), str(root), num_frames=m.num_frames, stride=d.sampling_rate,
                                    input_size=m.img_size, mask_generator=model.masker, seed=cfg.run.seed,
-                                   backend=d.backend)
-    loader = build_loader(dataset, cfg.run.batch_size, shuffle=True, drop_last=True, num_workers=d.num_workers,
-                          seed=cfg.run.seed)
-    log.info("data: %d clips from %s (root %s)", len(dataset), list_file, root)
+                                   backend=d.backend, repeat_aug=d.repeat_aug)
+    # run.batch_size counts clips (memory and the lr scaling see clips); the loader's batch counts videos
+    loader = build_loader(dataset, cfg.run.batch_size // d.repeat_aug, shuffle=True, drop_last=True,
+                          num_workers=d.num_workers, seed=cfg.run.seed,
+                          collate_fn=collate_repeated if d.repeat_aug > 1 else None)
+    log.info("data: %d videos from %s (root %s)%s", len(dataset), list_file, root,
+             f"; {d.repeat_aug} views of each per epoch (repeated sampling)" if d.repeat_aug > 1 else "")
     training = trainer.build_training(model, param_groups(model, cfg.optim.weight_decay), cfg.run, cfg.optim, env,
                                       logger, len(loader), cfg)
 
@@ -168,7 +177,8 @@ def _run(cfg: PretrainConfig, env, logger) -> dict[str, Any]:
                 summary=dict(dataset=d.dataset, clips=len(dataset), mask_type=m.mask_type, mask_ratio=m.mask_ratio,
                              targets=m.targets, effective_lr=training.lr, total_batch=training.total_batch))
     records = trainer.fit(training, cfg.run, cfg.optim, loader, step_fn, checkpoint_info=info,
-                          set_epoch=lambda epoch, start: set_epoch(loader, epoch, start), end_of_epoch=end_of_epoch,
+                          set_epoch=lambda epoch, batches: set_epoch(loader, epoch, start_step=batches),
+                          end_of_epoch=end_of_epoch,
                           on_step=on_step)
     result: dict[str, Any] = {"epochs": records}
     if records:

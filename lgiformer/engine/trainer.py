@@ -156,7 +156,7 @@ def fit(training: Training, run: RunConfig, optim: OptimConfig, loader, step_fn:
 
     with Preemption() as preemption:
         while state.epoch < optim.epochs:
-            set_epoch(state.epoch, state.batch_in_epoch * run.batch_size)
+            set_epoch(state.epoch, state.batch_in_epoch)  # batches this process has consumed in the epoch
             stats = train_one_epoch(
                 training.engine, loader, step_fn, state, lr_values=training.lr_values,
                 wd_values=training.wd_values, steps_in_epoch=training.batches_per_epoch, seed=run.seed,
