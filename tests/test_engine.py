@@ -1,6 +1,5 @@
 """The shared engine: schedules, DeepSpeed config, atomic checkpoints, non-finite loss handling."""
 import json
-import os
 
 import numpy as np
 import pytest
@@ -119,3 +118,44 @@ def test_checkpoint_save_is_atomic_and_pruned(engine, tmp_path):
     assert not any(p.name.startswith(".tmp") for p in root.iterdir())  # stale partial saves are cleaned up
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         find_checkpoint(tmp_path / "empty")
+
+
+def test_relayout_maps_a_checkpoint_onto_another_batch_layout():
+    """Resuming with another number of processes, batch size or repeat_aug: the epoch is kept, the position in it
+    never skips an unseen item, it lands on an accumulation boundary, and the step is recounted in the new layout."""
+    from lgiformer.engine.trainer import relayout
+
+    old = dict(samples_per_batch=4, batches_per_epoch=10)           # e.g. 2 processes x 2 items
+    loop = LoopState(epoch=3, step=3 * 10 + 7, batch_in_epoch=7, skipped_steps=2)
+    # twice the processes: 8 items per micro-batch, 5 per epoch; 28 items consumed -> 3 new batches (24 items)
+    new = relayout(loop, old, samples_per_batch=8, batches_per_epoch=5, accum_steps=1)
+    assert (new.epoch, new.batch_in_epoch, new.step, new.skipped_steps) == (3, 3, 3 * 5 + 3, 2)
+    # half: 2 items per micro-batch, 20 per epoch, accumulation 4: 14 batches -> boundary 12, 5 steps per epoch
+    new = relayout(loop, old, samples_per_batch=2, batches_per_epoch=20, accum_steps=4)
+    assert (new.batch_in_epoch, new.step) == (12, 3 * 5 + 3)
+    # a checkpoint at an epoch boundary keeps it; a position past a shorter epoch ends that epoch
+    assert relayout(LoopState(epoch=2, step=20), old, 8, 5, 1) == LoopState(epoch=2, step=10)
+    capped = relayout(loop, old, samples_per_batch=4, batches_per_epoch=6, accum_steps=1)   # max_steps_per_epoch 6
+    assert (capped.batch_in_epoch, capped.step) == (6, 3 * 6 + 6)
+    assert loop == LoopState(epoch=3, step=37, batch_in_epoch=7, skipped_steps=2)   # not modified in place
+
+
+def test_newest_checkpoint_is_the_furthest_in_training_across_a_relayout(engine, tmp_path):
+    """After a resume with another batch layout the step is recounted, so it cannot order checkpoints: epoch, then the
+    fraction of it done, decide (checkpoints written before layouts were saved keep the step order)."""
+    root = tmp_path / "checkpoints"
+    layout = dict(samples_per_batch=2, batches_per_epoch=4)
+    relaid = dict(samples_per_batch=8, batches_per_epoch=2)
+    saves = [dict(epoch=1, step=3, loop={}),                                                 # before layouts
+             dict(epoch=1, step=5, loop={"batch_in_epoch": 1}, layout=layout),               # 1/4 of epoch 1
+             dict(epoch=1, step=3, loop={"batch_in_epoch": 1}, layout=relaid),               # 1/2 of it, resumed
+             dict(epoch=2, step=4, loop={"batch_in_epoch": 0}, layout=relaid)]               # epoch 1 done
+    for state in saves:
+        save_checkpoint(engine, root, state, keep_last=10, is_main=True)
+    # the third save has the first one's tag: it replaced it
+    assert [p.name for p in complete_checkpoints(root)] == ["epoch0001_step00000005", "epoch0001_step00000003",
+                                                            "epoch0002_step00000004"]
+    assert find_checkpoint(root).name == "epoch0002_step00000004"
+    save_checkpoint(engine, root, dict(epoch=2, step=5, loop={"batch_in_epoch": 1}, layout=relaid), keep_last=2,
+                    is_main=True)
+    assert [p.name for p in complete_checkpoints(root)] == ["epoch0002_step00000004", "epoch0002_step00000005"]

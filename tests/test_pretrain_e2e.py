@@ -116,11 +116,9 @@ def test_sigkill_mid_epoch_then_resume_auto_matches_uninterrupted_run(tmp_path, 
         assert resumed[key] == pytest.approx(reference[key], rel=1e-5, abs=1e-6), key
 
 
-def test_sigterm_saves_a_mid_epoch_checkpoint_and_resume_continues(tmp_path, synthetic):
-    """With repeated sampling (2 views per video, so 1 video and 2 clips per step: 8 steps per epoch), which also
-    checks that a resumed epoch skips the videos it consumed, not the clips."""
-    out = tmp_path / "term"
-    proc = start(["pretrain/run.py", *_args(out, synthetic, "--release_dir", "none", "--data.repeat_aug", "2")],
+def _sigterm_mid_epoch(out, synthetic, *extra) -> dict:
+    """Start a run, SIGTERM it after two logged steps; returns the client state of the checkpoint it saved."""
+    proc = start(["pretrain/run.py", *_args(out, synthetic, "--release_dir", "none", *extra)],
                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and not ((out / "steps.jsonl").is_file() and
@@ -136,10 +134,42 @@ def test_sigterm_saves_a_mid_epoch_checkpoint_and_resume_continues(tmp_path, syn
 
     state = read_client_state(find_checkpoint(out))
     assert state["loop"]["batch_in_epoch"] > 0  # saved in the middle of an epoch
+    return state
+
+
+def _lrs(out):
+    return {(rec["epoch"], rec["batch"]): rec["lr"] for rec in map(json.loads, (out / "steps.jsonl").open())}
+
+
+def test_sigterm_saves_a_mid_epoch_checkpoint_and_resume_continues(tmp_path, synthetic):
+    """With repeated sampling (2 views per video, so 1 video and 2 clips per step: 8 steps per epoch), which also
+    checks that a resumed epoch skips the videos it consumed, not the clips."""
+    out = tmp_path / "term"
+    _sigterm_mid_epoch(out, synthetic, "--data.repeat_aug", "2")
     _pretrain(out, synthetic, "--release_dir", "none", "--run.resume", "auto", "--data.repeat_aug", "2")
+    from lgiformer.engine.checkpoint import find_checkpoint
+
     assert find_checkpoint(out).name == "epoch0003_step00000024"
     steps = _steps(out)
     assert sorted(steps) == [(epoch, batch) for epoch in range(3) for batch in range(1, 9)]
+
+
+def test_resume_with_another_batch_layout_follows_the_new_schedule(tmp_path, synthetic):
+    """Stopped mid-epoch at batch 2 (4 steps per epoch), resumed at batch 8 (1 step per epoch): the run redoes the
+    part of the epoch that no new batch fits in, every later step has the lr a fresh batch-8 run has there, and the
+    newest checkpoint is the last one written, although the one written before the resume has a larger step."""
+    out, fresh = tmp_path / "cut", tmp_path / "fresh"
+    state = _sigterm_mid_epoch(out, synthetic)
+    assert state["layout"] == {"samples_per_batch": 2, "batches_per_epoch": 4}
+    _pretrain(out, synthetic, "--release_dir", "none", "--run.resume", "auto", "--run.batch_size", "8")
+    _pretrain(fresh, synthetic, "--release_dir", "none", "--run.batch_size", "8")
+    from lgiformer.engine.checkpoint import find_checkpoint
+
+    assert find_checkpoint(out).name == find_checkpoint(fresh).name == "epoch0003_step00000003"
+    expected, resumed = _lrs(fresh), _lrs(out)
+    for key in (k for k in expected if k[0] >= state["loop"]["epoch"]):  # the steps taken after the resume
+        assert resumed[key] == pytest.approx(expected[key], rel=1e-9), key
+    assert "the checkpoint was written with 2 items per micro-batch" in (out / "run.log").read_text()
 
 
 def test_config_errors_are_clear(tmp_path):

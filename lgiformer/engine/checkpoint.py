@@ -44,13 +44,26 @@ def _fsync_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _progress(ckpt: Path) -> tuple[int, float, int]:
+    """How far training had got: (epoch, fraction of it done, step). The step alone does not order checkpoints
+    once a run has been resumed with another batch layout (``trainer.relayout``): it is recounted, so a later
+    checkpoint can carry a smaller step."""
+    epoch, step = (int(g) for g in _TAG.match(ckpt.name).groups())
+    try:
+        state = json.loads((ckpt / MARKER).read_text())
+        done = state["loop"]["batch_in_epoch"] / state["layout"]["batches_per_epoch"]
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):  # written before layouts were saved
+        done = 0.0
+    return epoch, done, step
+
+
 def complete_checkpoints(root: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints under ``root``, oldest first (by step)."""
+    """Complete checkpoints under ``root``, oldest first (by epoch, then the fraction of it done, then step)."""
     root = Path(root)
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and _TAG.match(p.name) and (p / MARKER).is_file()]
-    return sorted(found, key=lambda p: int(_TAG.match(p.name).group(2)))
+    return sorted(found, key=_progress)
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:

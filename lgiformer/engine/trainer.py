@@ -3,6 +3,7 @@ resume, the epoch loop with checkpoints and preemption, the per-epoch record."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import random
@@ -119,7 +120,10 @@ def build_training(model: nn.Module, param_groups: list[dict], run: RunConfig, o
                     wd_values)
 
 
-def resume_state(training: Training, run: RunConfig) -> LoopState:
+def resume_state(training: Training, run: RunConfig, samples_per_batch: int = 0, accum_steps: int = 1
+                 ) -> LoopState:
+    """The loop state to continue from (a fresh one without ``run.resume``). ``samples_per_batch`` (dataset items in
+    one micro-batch of all processes together) is compared with the checkpoint's: see :func:`relayout`."""
     if not run.resume:
         return LoopState()
     root = Path(run.output_dir) / "checkpoints"
@@ -134,7 +138,32 @@ def resume_state(training: Training, run: RunConfig) -> LoopState:
     loop = LoopState(**state["loop"])
     log.info("resumed from %s: epoch %d, step %d, batch %d of the epoch", ckpt, loop.epoch, loop.step,
              loop.batch_in_epoch)
+    layout = state.get("layout")
+    if layout and samples_per_batch and layout != dict(samples_per_batch=samples_per_batch,
+                                                       batches_per_epoch=training.batches_per_epoch):
+        loop = relayout(loop, layout, samples_per_batch, training.batches_per_epoch, accum_steps)
     return loop
+
+
+def relayout(loop: LoopState, saved: dict[str, int], samples_per_batch: int, batches_per_epoch: int,
+             accum_steps: int) -> LoopState:
+    """The loop state of a checkpoint written with another batch layout (another number of processes, batch size,
+    ``repeat_aug`` or ``max_steps_per_epoch``), mapped onto this run's. Kept as it is, its step would index the new
+    lr schedule at the wrong place and its batch count would skip the wrong part of the epoch. The epoch is kept; the
+    position in it becomes the last new micro-batch boundary, on an accumulation boundary, that has consumed no more
+    items than the old position (the items in between, fewer than ``accum_steps`` new micro-batches, are seen
+    again); the step is recounted in the new layout."""
+    consumed = loop.batch_in_epoch * saved["samples_per_batch"]
+    batch = min(consumed // samples_per_batch, batches_per_epoch)
+    batch -= batch % accum_steps
+    steps_per_epoch = batches_per_epoch // accum_steps
+    new = dataclasses.replace(loop, batch_in_epoch=batch, step=loop.epoch * steps_per_epoch + batch // accum_steps)
+    log.warning("the checkpoint was written with %d items per micro-batch (all processes) and %d micro-batches per "
+                "epoch; this run has %d and %d. Continuing at epoch %d, batch %d, step %d (was batch %d, step %d): "
+                "the lr schedule follows this run's layout, and the data order from the start of the epoch is kept",
+                saved["samples_per_batch"], saved["batches_per_epoch"], samples_per_batch, batches_per_epoch,
+                new.epoch, new.batch_in_epoch, new.step, loop.batch_in_epoch, loop.step)
+    return new
 
 
 def fit(training: Training, run: RunConfig, optim: OptimConfig, loader, step_fn: Callable, *,
@@ -142,8 +171,10 @@ def fit(training: Training, run: RunConfig, optim: OptimConfig, loader, step_fn:
         end_of_epoch: Callable[[LoopState, dict], dict] | None = None,
         on_step: Callable[[LoopState, Any], None] | None = None) -> list[dict]:
     """Epoch loop from the resume point to ``optim.epochs``. Returns the per-epoch records (this session's)."""
-    state = resume_state(training, run)
     env, logger = training.env, training.logger
+    layout = dict(samples_per_batch=(loader.batch_size or 1) * env.world_size,
+                  batches_per_epoch=training.batches_per_epoch)
+    state = resume_state(training, run, layout["samples_per_batch"], optim.accum_steps)
     ckpt_root = Path(run.output_dir) / "checkpoints"
     records: list[dict] = []
 
@@ -151,7 +182,7 @@ def fit(training: Training, run: RunConfig, optim: OptimConfig, loader, step_fn:
         save_checkpoint(training.engine, ckpt_root, dict(checkpoint_info, epoch=state.epoch, step=state.step,
                                                          loop=state.to_dict(),
                                                          precision=training.precision, zero_stage=run.zero_stage,
-                                                         world_size=env.world_size),
+                                                         world_size=env.world_size, layout=layout),
                         run.keep_last, env.is_main)
 
     with Preemption() as preemption:
