@@ -73,7 +73,7 @@ def loader_speed(dataset, workers: int, batch: int, batches: int) -> dict:
                 data_time_ms=round(1000 * statistics.mean(waits), 1))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="output/bench_data")
     p.add_argument("--video-size", type=int, default=160, help="side of the generated videos (VoxCeleb2: 224)")
@@ -84,7 +84,7 @@ def main() -> None:
     p.add_argument("--workers", default="0,1,2")
     p.add_argument("--repeat-aug", default="1,2,4", help="views per decoded window to compare (decord, pretraining)")
     p.add_argument("--json", action="store_true")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     root = Path(a.data)
     ensure_synthetic(root, size=a.video_size, num_frames=a.video_frames, unlabeled_clips=24, labeled_frames=64,
                      subjects=5, clips_per_class_per_subject=1, parts="unlabeled,labeled", progress=False)
@@ -112,13 +112,14 @@ def main() -> None:
                                       **loader_speed(ds, w, a.batch, a.batches)))
     if a.json:
         print(json.dumps(result, indent=1))
-        return
+        return result
     d = result["decode_16_frames"]
     print(f"decode 16 frames ({result['videos']} mp4): raw decord {d['raw_decord_ms']} ms, our reader "
           f"{d['pipeline_reader_ms']} ms, ratio {d['ratio']}")
     print("| source | workers | clips/s | data time per batch (ms) |\n|---|---|---|---|")
     for r in result["loaders"]:
         print(f"| {r['source']} | {r['workers']} | {r['clips_per_s']} | {r['data_time_ms']} |")
+    return result
 
 
 if __name__ == "__main__":

@@ -134,3 +134,17 @@ def test_learnability_starts_from_a_release_and_reports_each_evaluation(tmp_path
     (last,) = out["history"]
     assert last["epoch"] == 1 and 0.0 <= last["uar"] <= 1.0 and 0.0 <= last["train_acc"] <= 1.0
     assert f"{len(out['loaded'])} loaded, 4 new" in capsys.readouterr().out   # the load report is printed
+
+
+def test_dataloader_benchmark_compares_repeated_sampling(tmp_path, capsys):
+    from benchmarks import dataloader
+
+    out = dataloader.main(["--data", str(tmp_path / "data"), "--video-size", "64", "--video-frames", "24",
+                           "--repeats", "2", "--batch", "2", "--batches", "1", "--workers", "0",
+                           "--repeat-aug", "1,2", "--json"])
+    assert json.loads(capsys.readouterr().out) == out
+    assert out["videos"] == "24 x 24 frames at 64 px" and out["decode_16_frames"]["raw_decord_ms"] > 0
+    sources = [row["source"] for row in out["loaders"]]
+    assert sources == ["mp4 (decord), pretrain transform", "mp4 (decord), pretrain transform, 2 views per video",
+                       "mp4 (pyav), pretrain transform", "jpg frame folders, finetune transform (no RandAugment)"]
+    assert all(row["clips_per_s"] > 0 and row["workers"] == 0 for row in out["loaders"])
