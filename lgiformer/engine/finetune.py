@@ -206,7 +206,7 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
 
 def _run(cfg: FinetuneConfig, env, logger) -> dict[str, Any]:
     from lgiformer.data import (VideoClassificationDataset, VideoMixup, build_loader, ensure_synthetic,
-                                get_dataset_spec, read_video_list, set_epoch, split_validation)
+                                get_dataset_spec, read_video_list, split_validation)
     from lgiformer.evaluate import evaluate, save_report
     from lgiformer.release import write_release
     from lgiformer.tasks.build import build_classifier
@@ -294,7 +294,6 @@ def _run(cfg: FinetuneConfig, env, logger) -> dict[str, Any]:
     records = trainer.fit(training, cfg.run, cfg.optim, loader, step_fn,
                           checkpoint_info=dict(kind="finetune", model_name=model.model_name, model_args=args,
                                                config=to_dict(cfg), class_names=class_names),
-                          set_epoch=lambda epoch, batches: set_epoch(loader, epoch, start_step=batches),
                           end_of_epoch=end_of_epoch)
 
     final_model, selection = trainer.select_final_model(training.model, cfg.eval.select, cfg.optim.epochs,

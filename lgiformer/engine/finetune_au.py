@@ -426,7 +426,7 @@ def run_au(cfg, env, logger) -> Dict[str, Any]:
     """The AU task (``task: au``) on the shared engine; see the module docstring. Returns the per-epoch records, the
     test metrics and the selection."""
     from lgiformer.config import to_dict
-    from lgiformer.data import AUVideoDataset, build_loader, ensure_synthetic, get_dataset_spec, read_au_csv, set_epoch
+    from lgiformer.data import AUVideoDataset, build_loader, ensure_synthetic, get_dataset_spec, read_au_csv
     from lgiformer.engine import ds, trainer
     from lgiformer.engine.distributed import barrier
     from lgiformer.engine.finetune import _lists
@@ -534,7 +534,6 @@ def run_au(cfg, env, logger) -> Dict[str, Any]:
     records = trainer.fit(training, cfg.run, cfg.optim, loader, step_fn,
                           checkpoint_info=dict(kind="finetune_au", model_name=model.encoder.model_name,
                                                model_args=args, config=to_dict(cfg), au_names=au_names),
-                          set_epoch=lambda epoch, batches: set_epoch(loader, epoch, start_step=batches),
                           end_of_epoch=end_of_epoch)
 
     final_model, selection = trainer.select_final_model(training.model, cfg.eval.select, cfg.optim.epochs,

@@ -131,7 +131,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
 
 
 def _run(cfg: PretrainConfig, env, logger) -> dict[str, Any]:
-    from lgiformer.data import VideoPretrainDataset, build_loader, collate_repeated, set_epoch
+    from lgiformer.data import VideoPretrainDataset, build_loader, collate_repeated
 
     m, d = cfg.model, cfg.data
     model = build_pretrain_model(m.name, decoder_embed_dim=m.decoder_embed_dim, decoder_depth=m.decoder_depth,
@@ -177,9 +177,7 @@ def _run(cfg: PretrainConfig, env, logger) -> dict[str, Any]:
                 summary=dict(dataset=d.dataset, clips=len(dataset), mask_type=m.mask_type, mask_ratio=m.mask_ratio,
                              targets=m.targets, effective_lr=training.lr, total_batch=training.total_batch))
     records = trainer.fit(training, cfg.run, cfg.optim, loader, step_fn, checkpoint_info=info,
-                          set_epoch=lambda epoch, batches: set_epoch(loader, epoch, start_step=batches),
-                          end_of_epoch=end_of_epoch,
-                          on_step=on_step)
+                          end_of_epoch=end_of_epoch, on_step=on_step)
     result: dict[str, Any] = {"epochs": records}
     if records:
         first, last = records[0].get("train_loss", math.nan), records[-1].get("train_loss", math.nan)

@@ -120,10 +120,11 @@ def build_training(model: nn.Module, param_groups: list[dict], run: RunConfig, o
                     wd_values)
 
 
-def resume_state(training: Training, run: RunConfig, samples_per_batch: int = 0, accum_steps: int = 1
+def resume_state(training: Training, run: RunConfig, layout: dict[str, int] | None = None, accum_steps: int = 1
                  ) -> LoopState:
-    """The loop state to continue from (a fresh one without ``run.resume``). ``samples_per_batch`` (dataset items in
-    one micro-batch of all processes together) is compared with the checkpoint's: see :func:`relayout`."""
+    """The loop state to continue from (a fresh one without ``run.resume``). ``layout`` (``samples_per_batch``:
+    dataset items in one micro-batch of all processes together, ``batches_per_epoch``) is compared with the
+    checkpoint's: see :func:`relayout`."""
     if not run.resume:
         return LoopState()
     root = Path(run.output_dir) / "checkpoints"
@@ -138,10 +139,9 @@ def resume_state(training: Training, run: RunConfig, samples_per_batch: int = 0,
     loop = LoopState(**state["loop"])
     log.info("resumed from %s: epoch %d, step %d, batch %d of the epoch", ckpt, loop.epoch, loop.step,
              loop.batch_in_epoch)
-    layout = state.get("layout")
-    if layout and samples_per_batch and layout != dict(samples_per_batch=samples_per_batch,
-                                                       batches_per_epoch=training.batches_per_epoch):
-        loop = relayout(loop, layout, samples_per_batch, training.batches_per_epoch, accum_steps)
+    saved = state.get("layout")
+    if saved and layout and saved != layout:
+        loop = relayout(loop, saved, layout["samples_per_batch"], layout["batches_per_epoch"], accum_steps)
     return loop
 
 
@@ -167,14 +167,17 @@ def relayout(loop: LoopState, saved: dict[str, int], samples_per_batch: int, bat
 
 
 def fit(training: Training, run: RunConfig, optim: OptimConfig, loader, step_fn: Callable, *,
-        checkpoint_info: dict[str, Any], set_epoch: Callable[[int, int], None],
-        end_of_epoch: Callable[[LoopState, dict], dict] | None = None,
+        checkpoint_info: dict[str, Any], end_of_epoch: Callable[[LoopState, dict], dict] | None = None,
         on_step: Callable[[LoopState, Any], None] | None = None) -> list[dict]:
-    """Epoch loop from the resume point to ``optim.epochs``. Returns the per-epoch records (this session's)."""
+    """Epoch loop from the resume point to ``optim.epochs``. Returns the per-epoch records (this session's).
+    ``loader`` comes from :func:`lgiformer.data.build_loader`, so each epoch can reshuffle it and skip what a resumed
+    run has consumed."""
+    from lgiformer.data import set_epoch
+
     env, logger = training.env, training.logger
     layout = dict(samples_per_batch=(loader.batch_size or 1) * env.world_size,
                   batches_per_epoch=training.batches_per_epoch)
-    state = resume_state(training, run, layout["samples_per_batch"], optim.accum_steps)
+    state = resume_state(training, run, layout, optim.accum_steps)
     ckpt_root = Path(run.output_dir) / "checkpoints"
     records: list[dict] = []
 
@@ -187,7 +190,7 @@ def fit(training: Training, run: RunConfig, optim: OptimConfig, loader, step_fn:
 
     with Preemption() as preemption:
         while state.epoch < optim.epochs:
-            set_epoch(state.epoch, state.batch_in_epoch)  # batches this process has consumed in the epoch
+            set_epoch(loader, state.epoch, start_step=state.batch_in_epoch)  # skips what this process consumed
             stats = train_one_epoch(
                 training.engine, loader, step_fn, state, lr_values=training.lr_values,
                 wd_values=training.wd_values, steps_in_epoch=training.batches_per_epoch, seed=run.seed,
