@@ -49,15 +49,17 @@ def small_cnn3d(num_classes: int = NUM_CLASSES) -> nn.Module:
                          nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(128, num_classes))
 
 
-def build(name: str, size: int, frames: int, pool: str | None = None) -> nn.Module:
+def build(name: str, size: int, frames: int, pool: str | None = None, patch: int = 16,
+          region: list[int] | None = None) -> nn.Module:
     if name == "cnn3d":
         return small_cnn3d()
-    args = dict(num_classes=NUM_CLASSES, img_size=size, num_frames=frames, embed_dim=128, depth=4, num_heads=4)
+    args = dict(num_classes=NUM_CLASSES, img_size=size, num_frames=frames, embed_dim=128, depth=4, num_heads=4,
+                patch_size=patch)
     if pool:
         args["global_pool"] = pool
     if name == "vit":
         return create_model("vit_tiny_patch16_160", **args)
-    return create_model("lgiformer_tiny_patch16_160", region_size=[2, 3, 6], **args)
+    return create_model("lgiformer_tiny_patch16_160", region_size=region or [2, 3, 6], **args)
 
 
 def cached(root: Path, split: str, fold: int, frames: int, stride: int, size: int,
@@ -91,6 +93,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", default=None, help="start the transformer from this release (default: random init)")
     p.add_argument("--pool", default=None, help="the transformer's global_pool (default: the model's own)")
+    p.add_argument("--patch", type=int, default=16, help="the transformer's patch size (16: 6 x 6 tokens at 96 px)")
+    p.add_argument("--region", type=int, nargs=3, default=None, help="LGI-Former region (t h w tokens)")
+    p.add_argument("--center", action="store_true",
+                   help="subtract each clip's temporal mean from it: the model sees what changes, not the face")
     p.add_argument("--zoom", type=float, default=1.0,
                    help="crop tighter around the face: the centre 1/(1.15 x zoom) of the frame fills the input")
     p.add_argument("--data-size", type=int, default=112, help="--make-data: the generator's frame size")
@@ -103,9 +109,11 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.time()
     x_train, y_train = cached(root, "train", a.fold, a.frames, a.stride, a.size, a.zoom)
     x_test, y_test = cached(root, "test", a.fold, a.frames, a.stride, a.size, a.zoom)
+    if a.center:
+        x_train, x_test = x_train - x_train.mean(2, keepdim=True), x_test - x_test.mean(2, keepdim=True)
     print(f"{a.model}: {len(x_train)} train / {len(x_test)} test clips of {tuple(x_train.shape[1:])}, "
           f"decoded in {time.time() - start:.0f} s", flush=True)
-    model = build(a.model, a.size, a.frames, a.pool)
+    model = build(a.model, a.size, a.frames, a.pool, a.patch, a.region)
     loaded = []
     if a.init:
         report = load_pretrained(model, a.init)
