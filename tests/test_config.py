@@ -105,3 +105,9 @@ def test_split_config_arg_and_recipes_load():
 def test_overrides_parse_to_nested_dict():
     assert parse_overrides(["--optim.blr=0.1", "run.seed=3"], FinetuneConfig) == {"optim": {"blr": "0.1"},
                                                                                    "run": {"seed": "3"}}
+
+
+def test_finetuning_refuses_zero3_before_training_not_after():
+    with pytest.raises(ConfigError, match="run.zero_stage 3 is for pretraining only"):
+        load_finetune_config(None, ["--run.zero_stage", "3"])
+    assert load_finetune_config(None, ["--run.zero_stage", "2"]).run.zero_stage == 2

@@ -159,3 +159,55 @@ def test_newest_checkpoint_is_the_furthest_in_training_across_a_relayout(engine,
     save_checkpoint(engine, root, dict(epoch=2, step=5, loop={"batch_in_epoch": 1}, layout=relaid), keep_last=2,
                     is_main=True)
     assert [p.name for p in complete_checkpoints(root)] == ["epoch0002_step00000004", "epoch0002_step00000005"]
+
+
+def _zero3_engine(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    groups = [{"params": [model[0].bias, model[2].bias], "weight_decay": 0.0},
+              {"params": [model[0].weight, model[2].weight], "weight_decay": 0.05, "lr_scale": 0.5}]
+    eng, _ = ds.initialize(model, groups, lr=0.1, betas=(0.9, 0.999), eps=1e-8, micro_batch=2, accum_steps=1,
+                           world_size=1, precision="fp32", zero_stage=3, clip_grad=None)
+    return eng
+
+
+def _zero3_step(eng, batch):
+    apply_schedule(eng.optimizer, lr=0.05, weight_decay=0.5)
+    eng.backward(_step_fn(eng, batch)["loss"])
+    eng.step()
+
+
+def _full_weights(eng):
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(eng.module.parameters())):
+        return [p.detach().clone() for p in eng.module.parameters()]
+
+
+def test_zero3_checkpoint_from_another_process_count_loads_through_universal_format(tmp_path):
+    """A checkpoint whose processes differ from this run's goes through DeepSpeed's universal format. Under ZeRO 3
+    that load gives every group the first group's settings and one shared Adam step tensor (incremented once per
+    group): without our repair, the next steps differ from the original engine's."""
+    init_distributed("cpu")
+    torch.manual_seed(1)
+    batches = [(torch.randn(2, 4), torch.randn(2, 1)) for _ in range(4)]
+    original = _zero3_engine()
+    for batch in batches[:2]:
+        _zero3_step(original, batch)
+    root = tmp_path / "checkpoints"
+    ckpt = save_checkpoint(original, root, {"epoch": 1, "step": 2, "loop": {}, "zero_stage": 3, "world_size": 2},
+                           keep_last=1, is_main=True)
+    moved = _zero3_engine(seed=5)
+    settings = [{k: g[k] for k in ("weight_decay", "lr_scale") if k in g} for g in moved.optimizer.param_groups]
+    load_checkpoint(moved, ckpt)
+    assert (ckpt / "universal").is_dir()
+    assert [{k: g[k] for k in s} for g, s in zip(moved.optimizer.param_groups, settings)] == settings
+    steps = [st["step"] for st in moved.optimizer.optimizer.state.values()]
+    assert len(steps) == 2 and steps[0] is not steps[1]
+    for a, b in zip(_full_weights(original), _full_weights(moved)):
+        torch.testing.assert_close(a, b)
+    for batch in batches[2:]:
+        _zero3_step(original, batch)
+        _zero3_step(moved, batch)
+    for a, b in zip(_full_weights(original), _full_weights(moved)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

@@ -1,5 +1,6 @@
 """End to end: pretrain/run.py in one process and under torchrun, resume after SIGKILL, release round trip."""
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -87,6 +88,28 @@ def test_two_processes_match_one_process(tmp_path, synthetic):
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=2e-5, msg=key)
     assert any(not torch.equal(a[k], torch.zeros_like(a[k])) for k in a)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_checkpoint_of_two_processes_resumes_in_one_with_its_optimiser_state(tmp_path, synthetic, stage):
+    """DeepSpeed refuses to load a ZeRO 1-3 checkpoint on another number of processes. It is converted to the
+    universal format, and the moved run takes the same steps as the 2-process run: the same weights at the end
+    (a fresh optimiser state would not give them). Stage 3 also logs images, a forward that every process must run."""
+    from lgiformer.engine.checkpoint import find_checkpoint, read_fp32_state_dict
+
+    two, moved = tmp_path / "two", tmp_path / "moved"
+    common = ("--optim.epochs", "2", "--run.zero_stage", str(stage), "--release_dir", "none", "--run.image_every", "1")
+    _pretrain(two, synthetic, "--run.batch_size", "2", *common, nproc=2)
+    assert (two / "images").is_dir()
+    first = "epoch0001_step00000002"
+    shutil.copytree(two / "checkpoints" / first, moved / "checkpoints" / first)
+    _pretrain(moved, synthetic, "--run.batch_size", "4", *common, "--run.resume", "auto")
+    assert (moved / "checkpoints" / first / "universal").is_dir()
+    assert find_checkpoint(two).name == find_checkpoint(moved).name == "epoch0002_step00000004"
+    a, b = read_fp32_state_dict(find_checkpoint(two)), read_fp32_state_dict(find_checkpoint(moved))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=2e-5, msg=key)
 
 
 def test_sigkill_mid_epoch_then_resume_auto_matches_uninterrupted_run(tmp_path, synthetic):

@@ -107,13 +107,73 @@ def save_checkpoint(engine, root: str | os.PathLike, state: dict[str, Any], keep
 
 
 def load_checkpoint(engine, ckpt: str | os.PathLike) -> dict[str, Any]:
-    """Restore model, optimiser and engine counters from ``ckpt``; returns the loop state."""
+    """Restore model, optimiser and engine counters from ``ckpt``; returns the loop state.
+
+    ZeRO 1-3 shard the optimiser state over the data-parallel processes, and DeepSpeed refuses to load such a
+    checkpoint on another number of processes. Then the checkpoint is converted once into DeepSpeed's universal
+    format (``<ckpt>/universal``) and loaded from that, so a preempted job can resume on fewer or more GPUs."""
     ckpt = Path(ckpt)
-    path, _ = engine.load_checkpoint(str(ckpt.parent), tag=ckpt.name, load_optimizer_states=True,
-                                     load_lr_scheduler_states=False)
+    state = read_client_state(ckpt)
+    saved_world, world = state.get("world_size"), getattr(engine, "dp_world_size", 1)
+    if state.get("zero_stage", 0) > 0 and saved_world not in (None, world):
+        log.warning("%s was written by %d processes with ZeRO %d, and this run has %d: loading it through "
+                    "DeepSpeed's universal checkpoint format", ckpt, saved_world, state["zero_stage"], world)
+        path = _load_universal(engine, universal_checkpoint(ckpt))
+    else:
+        path, _ = engine.load_checkpoint(str(ckpt.parent), tag=ckpt.name, load_optimizer_states=True,
+                                         load_lr_scheduler_states=False)
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load {ckpt}")
-    return read_client_state(ckpt)
+    return state
+
+
+def universal_checkpoint(ckpt: Path) -> Path:
+    """``<ckpt>/universal``: DeepSpeed's universal (process-count independent) copy of a ZeRO checkpoint, written by
+    rank 0 on first use into a temporary directory and renamed into place, so a killed conversion is redone."""
+    out = ckpt / "universal"
+    if (torch.distributed.is_initialized() and torch.distributed.get_rank() != 0) or out.exists():
+        barrier()
+        return out
+    import argparse
+    import contextlib
+    import io
+
+    from deepspeed.checkpoint import ds_to_universal
+
+    tmp = ckpt / ".universal_tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    args = argparse.Namespace(input_folder=str(ckpt), output_folder=str(tmp), num_extract_workers=1,
+                              num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True)
+    with contextlib.redirect_stdout(io.StringIO()):  # the converter prints every step
+        ds_to_universal.main(args)
+    os.replace(tmp, out)
+    log.info("universal checkpoint written: %s", out)
+    barrier()
+    return out
+
+
+def _load_universal(engine, folder: Path) -> str | None:
+    # Two defects of DeepSpeed's ZeRO 3 universal load (0.19), both found by a moved run that drifted from the run it
+    # continues: every parameter group gets the first group's settings (so the weight-decayed group lost its decay),
+    # and all groups share one Adam step tensor, which Adam increments in place once per group. This run built the
+    # same groups, so their settings are put back, and each group gets its own step.
+    groups = engine.optimizer.param_groups
+    settings = [{k: v for k, v in g.items() if k != "params"} for g in groups]
+    # DeepSpeed reads this flag from its config at load time; it has no public setter, and it is only wanted for
+    # this one load (the run's own checkpoints stay in the native format).
+    config = engine._config
+    config.load_universal_checkpoint = True
+    try:
+        path, _ = engine.load_checkpoint(str(folder.parent), tag=folder.name, load_optimizer_states=True,
+                                         load_lr_scheduler_states=False)
+    finally:
+        config.load_universal_checkpoint = False
+    for group, kept in zip(engine.optimizer.param_groups, settings):
+        group.update(kept)
+    for state in getattr(engine.optimizer, "optimizer", engine.optimizer).state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()
+    return path
 
 
 def read_client_state(ckpt: str | os.PathLike) -> dict[str, Any]:

@@ -147,6 +147,12 @@ def load_finetune_config(config_file: str | None, overrides: list[str]) -> Finet
     cfg = load_config(FinetuneConfig, config_file, overrides, ALIASES)
     if cfg.data.val_fraction == 0.0 and cfg.eval.select == "best_val":
         raise ConfigError("eval.select best_val needs a validation set (data.val_fraction > 0)")
+    if cfg.run.zero_stage == 3:
+        # Checked here, not at the end of training, where ZeRO 3 would first fail: the best-epoch copy, the test and
+        # the release all read the whole model on every process, and ZeRO 3 keeps only a shard on each.
+        raise ConfigError("run.zero_stage 3 is for pretraining only: finetuning keeps, tests and releases the full "
+                          "model on every process. Use 0-2 (ZeRO 2 already shards the optimiser state and gradients, "
+                          "enough for the largest encoder here)")
     a = cfg.au
     if cfg.task == "dfer" and a.aux_weight > 0:
         unsupported = [k for k, on in (("au.dense", a.dense), ("au.moke", a.moke),

@@ -160,12 +160,16 @@ def _run(cfg: PretrainConfig, env, logger) -> dict[str, Any]:
         return engine(clips, mask.to(env.device, non_blocking=True))
 
     def on_step(state, batch) -> None:
-        if env.is_main and cfg.run.image_every and state.batch_in_epoch == 1 and \
+        # Every process runs this forward, and only rank 0 logs it: under ZeRO 3 a forward gathers each layer's
+        # shards from all processes, so a forward on rank 0 alone hangs or fails (measured: a 2-process run died at
+        # its first image with "disagreement on list length between rank0 and rank1").
+        if cfg.run.image_every and state.batch_in_epoch == 1 and \
                 (state.epoch * training.steps_per_epoch) % cfg.run.image_every < training.steps_per_epoch:
             clips = batch[0][:1].to(env.device, training.dtype)
             with training.autocast():
                 frames = training.model.reconstruction_images(clips, batch[1][:1].to(env.device))
-            logger.images(frames, state.step)
+            if env.is_main:
+                logger.images(frames, state.step)
 
     def end_of_epoch(state, stats) -> dict:
         bad = dataset.bad_samples.end_epoch(state.epoch, d.bad_sample_threshold)
