@@ -3,6 +3,7 @@
 Layout of ``<run>/checkpoints/``::
 
     epoch0003_step00000120/        a complete checkpoint (DeepSpeed files + COMPLETE.json)
+        universal/                 DeepSpeed's universal copy, made when a ZeRO run resumes on another process count
     .tmp_epoch0004_step00000160/   a save in progress (or killed): never read, removed by the next save
     latest                         name of the newest complete checkpoint (informative; resume scans)
 
