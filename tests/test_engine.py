@@ -211,3 +211,26 @@ def test_zero3_checkpoint_from_another_process_count_loads_through_universal_for
         _zero3_step(moved, batch)
     for a, b in zip(_full_weights(original), _full_weights(moved)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def _tensorboard_scalars(log_dir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_resumed_logger_hides_what_the_interrupted_attempt_logged_after_its_checkpoint(tmp_path):
+    first = RunLogger(tmp_path, enabled=True)
+    for step in range(6):  # checkpoint at step 3, killed after logging step 5
+        first.scalars({"loss": float(step)}, step)
+    first.close()
+    resumed = RunLogger(tmp_path, enabled=True)
+    resumed.purge_from(3)
+    for step in range(3, 5):
+        resumed.scalars({"loss": 10.0 + step}, step)
+    resumed.close()
+    assert _tensorboard_scalars(tmp_path / "tensorboard", "train/loss") == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 13.0),
+                                                                            (4, 14.0)]
+    RunLogger(tmp_path / "off", enabled=False).purge_from(3)  # other ranks: nothing to do

@@ -137,6 +137,16 @@ def test_sigkill_mid_epoch_then_resume_auto_matches_uninterrupted_run(tmp_path, 
     assert len(after_resume) == 8
     for key in after_resume:
         assert resumed[key] == pytest.approx(reference[key], rel=1e-5, abs=1e-6), key
+    # TensorBoard hides what the killed attempt logged after its checkpoint: one point per step, the resumed values
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    curves = []
+    for run_dir in (full, cut):
+        acc = EventAccumulator(str(run_dir / "tensorboard"))
+        acc.Reload()
+        curves.append([(e.step, e.value) for e in acc.Scalars("train/loss")])
+    assert [s for s, _ in curves[1]] == [s for s, _ in curves[0]] == sorted({s for s, _ in curves[0]})
+    assert [v for _, v in curves[1]] == pytest.approx([v for _, v in curves[0]], rel=1e-5, abs=1e-6)
 
 
 def _sigterm_mid_epoch(out, synthetic, *extra) -> dict:

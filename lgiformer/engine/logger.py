@@ -53,6 +53,17 @@ class RunLogger:
                 self.writer = SummaryWriter(str(self.output_dir / "tensorboard"))
         self._start = time.time()
 
+    def purge_from(self, step: int) -> None:
+        """Hide the TensorBoard events at ``step`` and later that an interrupted attempt of this run wrote (its steps
+        after the checkpoint it resumes from, or steps in another batch layout): the resumed run logs them again, and
+        without this its curves would run back over themselves (TensorBoard's ``purge_step``)."""
+        if self.writer is None:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer.close()
+        self.writer = SummaryWriter(str(self.output_dir / "tensorboard"), purge_step=step)
+
     def scalars(self, values: dict[str, float], step: int, prefix: str = "train/") -> None:
         if self.writer is None:
             return

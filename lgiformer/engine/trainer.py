@@ -142,6 +142,7 @@ def resume_state(training: Training, run: RunConfig, layout: dict[str, int] | No
     saved = state.get("layout")
     if saved and layout and saved != layout:
         loop = relayout(loop, saved, layout["samples_per_batch"], layout["batches_per_epoch"], accum_steps)
+    training.logger.purge_from(loop.step + 1)  # what was logged at the checkpoint's own step came before its save
     return loop
 
 
