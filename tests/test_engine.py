@@ -234,3 +234,37 @@ def test_resumed_logger_hides_what_the_interrupted_attempt_logged_after_its_chec
     assert _tensorboard_scalars(tmp_path / "tensorboard", "train/loss") == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 13.0),
                                                                             (4, 14.0)]
     RunLogger(tmp_path / "off", enabled=False).purge_from(3)  # other ranks: nothing to do
+
+
+def test_best_on_validation_keeps_the_files_its_checkpoints_refer_to(engine, tmp_path):
+    from lgiformer.engine.trainer import BestOnValidation
+
+    model = nn.Linear(3, 2)
+    best = BestOnValidation(tmp_path, keep_weights=True, is_main=True)
+
+    def files():
+        return sorted(p.name for p in (tmp_path / "best_val").iterdir())
+
+    assert best.update(0.5, 0, model) and not best.update(0.5, 1, model)  # a tie keeps the earlier epoch
+    weights0 = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def save_checkpoint_with_best(epoch):
+        save_checkpoint(engine, tmp_path / "checkpoints", {"epoch": epoch, "step": epoch, "loop": {},
+                                                           "best": best.record()}, keep_last=1, is_main=True)
+
+    save_checkpoint_with_best(1)
+    best.checkpointed()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    assert best.update(0.7, 2, model)
+    assert files() == ["epoch0000.safetensors", "epoch0002.safetensors"]  # the kept checkpoint still needs epoch 0
+    save_checkpoint_with_best(3)  # keep_last 1: the epoch-1 checkpoint goes
+    best.checkpointed()
+    assert files() == ["epoch0002.safetensors"]
+    resumed = BestOnValidation(tmp_path, keep_weights=True, is_main=True)
+    resumed.restore(json.loads((find_checkpoint(tmp_path / "checkpoints") / MARKER).read_text())["best"])
+    assert (resumed.epoch, resumed.value) == (2, 0.7)
+    assert torch.equal(resumed.state["weight"], weights0["weight"] + 1.0)
+    (tmp_path / "best_val" / "epoch0002.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="epoch0002.safetensors: the checkpoint says the best"):
+        BestOnValidation(tmp_path, keep_weights=True, is_main=True).restore(resumed.record())

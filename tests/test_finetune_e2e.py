@@ -45,3 +45,29 @@ def test_predict_cli_on_the_finetuned_release(finetuned):
         assert set(result["probabilities"]) == set(config["class_names"])
         assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
         assert result["prediction"] == max(result["probabilities"], key=result["probabilities"].get)
+
+
+def test_resume_keeps_the_best_validation_epoch_from_before_the_restart(finetuned, tmp_path):
+    """A restart used to choose only among the epochs after it. A 3-epoch run, then the same run cut back to the
+    checkpoint right after its best epoch (a job killed then) and resumed: the same epoch selected, the same test
+    predictions."""
+    import shutil
+
+    args = ["finetune/run.py", "--config", "tests/configs/tiny_finetune.yaml", "--data.data_root",
+            str(finetuned / "data"), "--pretrained", str(finetuned / "pt" / "release"), "--optim.epochs", "3",
+            "--release_dir", "none"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    run([*args, "--run.output_dir", str(full)])
+    best = json.loads((full / "test_metrics.json").read_text())["epoch"]
+    assert best < 2, "this test needs a best validation epoch before the last one"
+    assert (full / "best_val" / f"epoch{best:04d}.safetensors").is_file()
+    shutil.copytree(full, cut)
+    for path in [p for p in (cut / "checkpoints").glob("epoch*") if int(p.name[5:9]) > best + 1]:
+        shutil.rmtree(path)
+    (cut / "test_metrics.json").unlink()
+    (cut / "test_predictions.csv").unlink()
+    run([*args, "--run.output_dir", str(cut), "--run.resume", "auto"])
+    assert "(restored)" in (cut / "run.log").read_text()
+    a, b = (json.loads((d / "test_metrics.json").read_text()) for d in (full, cut))
+    assert (a["select"], a["epoch"], a["val_uar"], a["uar"]) == (b["select"], b["epoch"], b["val_uar"], b["uar"])
+    assert (full / "test_predictions.csv").read_text() == (cut / "test_predictions.csv").read_text()

@@ -270,7 +270,7 @@ def _run(cfg: FinetuneConfig, env, logger) -> dict[str, Any]:
     groups = param_groups(model, cfg.optim.weight_decay, cfg.optim.layer_decay)
     training = trainer.build_training(model, groups, cfg.run, cfg.optim, env, logger, len(loader), cfg)
     out_dir = Path(cfg.run.output_dir)
-    best: dict[str, Any] = {"uar": -1.0, "epoch": -1, "state": None}
+    best = trainer.BestOnValidation(out_dir, keep_weights=cfg.eval.select == "best_val", is_main=env.is_main)
 
     def step_fn(engine, batch) -> dict[str, torch.Tensor]:
         clips = batch[0].to(env.device, training.dtype, non_blocking=True)
@@ -291,19 +291,16 @@ def _run(cfg: FinetuneConfig, env, logger) -> dict[str, Any]:
                 scalars["au_mean_f1"] = result.metrics["au"]["mean_f1"]
             record.update({f"val_{k}": v for k, v in scalars.items()})
             logger.scalars(scalars, state.step, prefix="val/")
-            if result.metrics["uar"] > best["uar"]:
-                best.update(uar=result.metrics["uar"], epoch=state.epoch,
-                            state={k: v.detach().to("cpu", copy=True) for k, v in training.model.state_dict().items()}
-                            if cfg.eval.select == "best_val" else None)
+            best.update(result.metrics["uar"], state.epoch, training.model)
         return record
 
     records = trainer.fit(training, cfg.run, cfg.optim, loader, step_fn,
                           checkpoint_info=dict(kind="finetune", model_name=model.model_name, model_args=args,
                                                config=to_dict(cfg), class_names=class_names),
-                          end_of_epoch=end_of_epoch)
+                          end_of_epoch=end_of_epoch, best=best)
 
-    final_model, selection = trainer.select_final_model(training.model, cfg.eval.select, cfg.optim.epochs,
-                                                        best["state"], best["epoch"], val_uar=best["uar"])
+    final_model, selection = trainer.select_final_model(training.model, cfg.eval.select, cfg.optim.epochs, best,
+                                                        "val_uar")
     result = run_eval(final_model, test_set)
     test_report: dict[str, Any] = {}
     if env.is_main:

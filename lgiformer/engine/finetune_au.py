@@ -493,7 +493,9 @@ def run_au(cfg, env, logger) -> Dict[str, Any]:
     amp = ds.amp_dtype(training.precision)
     eval_kwargs = dict(threshold=a.threshold, smooth_window=a.smooth_window, batch_size=cfg.run.batch_size,
                        device=env.device, amp_dtype=amp, num_workers=d.num_workers, dense=a.dense, tubelet=tubelet)
-    best: Dict[str, Any] = {"f1": -1.0, "epoch": -1, "state": None, "metrics": None}
+    best = trainer.BestOnValidation(cfg.run.output_dir, keep_weights=cfg.eval.select == "best_val",
+                                    is_main=env.is_main)
+    latest: Dict[str, Any] = {}  # the last validation of this session, reported when testing the last weights
 
     def step_fn(engine, batch) -> Dict[str, torch.Tensor]:
         clips = batch[0].to(env.device, training.dtype, non_blocking=True)
@@ -521,11 +523,8 @@ def run_au(cfg, env, logger) -> Dict[str, Any]:
             record.update(val_mean_f1=metrics["mean_f1"], val_frame_f1=metrics["frame"]["mean_f1"])
             logger.scalars({"mean_f1": metrics["mean_f1"], "frame_f1": metrics["frame"]["mean_f1"]}, state.step,
                            prefix="val/")
-            best["last"] = dict(metrics, epoch=state.epoch)
-            if metrics["mean_f1"] > best["f1"]:
-                best.update(f1=metrics["mean_f1"], epoch=state.epoch, metrics=metrics,
-                            state={k: v.detach().to("cpu", copy=True) for k, v in training.model.state_dict().items()}
-                            if cfg.eval.select == "best_val" else None)
+            latest.update(metrics, epoch=state.epoch)
+            best.update(metrics["mean_f1"], state.epoch, training.model, metrics=metrics)
         return record
 
     if a.head == "monet" and a.head_args.get("num_orders", 512) > 1:
@@ -534,16 +533,16 @@ def run_au(cfg, env, logger) -> Dict[str, Any]:
     records = trainer.fit(training, cfg.run, cfg.optim, loader, step_fn,
                           checkpoint_info=dict(kind="finetune_au", model_name=model.encoder.model_name,
                                                model_args=args, config=to_dict(cfg), au_names=au_names),
-                          end_of_epoch=end_of_epoch)
+                          end_of_epoch=end_of_epoch, best=best)
 
-    final_model, selection = trainer.select_final_model(training.model, cfg.eval.select, cfg.optim.epochs,
-                                                        best["state"], best["epoch"], val_mean_f1=best["f1"])
+    final_model, selection = trainer.select_final_model(training.model, cfg.eval.select, cfg.optim.epochs, best,
+                                                        "val_mean_f1")
     metrics, arrays = evaluate_au(final_model, test_set, au_names, **eval_kwargs)
     metrics.update(selection=selection, dataset=spec.name, fold=d.fold, head=a.head, loss=loss_name,
                    train_rates=dict(zip(au_names, rates.tolist())))
     if env.is_main:
-        val = ({**best["metrics"], "epoch": best["epoch"]} if selection["select"] == "best_val"
-               and best["metrics"] is not None else best.get("last"))
+        val = ({**best.info["metrics"], "epoch": best.epoch} if selection["select"] == "best_val"
+               and "metrics" in best.info else latest or None)
         if val is not None:  # the validation metrics of the tested weights (best epoch, or the last validation)
             (out_dir / "val_metrics.json").write_text(json.dumps(val, indent=1))
         (out_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=1))

@@ -18,7 +18,8 @@ from torch import nn
 
 from lgiformer.config import OptimConfig, RunConfig, save_config, to_dict
 from lgiformer.engine import ds
-from lgiformer.engine.checkpoint import complete_checkpoints, find_checkpoint, load_checkpoint, save_checkpoint
+from lgiformer.engine.checkpoint import (complete_checkpoints, find_checkpoint, load_checkpoint, read_client_state,
+                                         save_checkpoint)
 from lgiformer.engine.distributed import DistEnv, init_distributed
 from lgiformer.engine.logger import RunLogger
 from lgiformer.engine.loop import LoopState, Preemption, train_one_epoch
@@ -121,17 +122,17 @@ def build_training(model: nn.Module, param_groups: list[dict], run: RunConfig, o
 
 
 def resume_state(training: Training, run: RunConfig, layout: dict[str, int] | None = None, accum_steps: int = 1
-                 ) -> LoopState:
-    """The loop state to continue from (a fresh one without ``run.resume``). ``layout`` (``samples_per_batch``:
-    dataset items in one micro-batch of all processes together, ``batches_per_epoch``) is compared with the
-    checkpoint's: see :func:`relayout`."""
+                 ) -> tuple[LoopState, dict[str, Any]]:
+    """The loop state to continue from (a fresh one without ``run.resume``) and the checkpoint's client state
+    (empty when starting fresh). ``layout`` (``samples_per_batch``: dataset items in one micro-batch of all processes
+    together, ``batches_per_epoch``) is compared with the checkpoint's: see :func:`relayout`."""
     if not run.resume:
-        return LoopState()
+        return LoopState(), {}
     root = Path(run.output_dir) / "checkpoints"
     if run.resume == "auto":
         if not complete_checkpoints(root):
             log.info("resume auto: no complete checkpoint in %s, starting fresh", root)
-            return LoopState()
+            return LoopState(), {}
         ckpt = find_checkpoint(root)
     else:
         ckpt = find_checkpoint(run.resume)
@@ -143,7 +144,7 @@ def resume_state(training: Training, run: RunConfig, layout: dict[str, int] | No
     if saved and layout and saved != layout:
         loop = relayout(loop, saved, layout["samples_per_batch"], layout["batches_per_epoch"], accum_steps)
     training.logger.purge_from(loop.step + 1)  # what was logged at the checkpoint's own step came before its save
-    return loop
+    return loop, state
 
 
 def relayout(loop: LoopState, saved: dict[str, int], samples_per_batch: int, batches_per_epoch: int,
@@ -169,16 +170,19 @@ def relayout(loop: LoopState, saved: dict[str, int], samples_per_batch: int, bat
 
 def fit(training: Training, run: RunConfig, optim: OptimConfig, loader, step_fn: Callable, *,
         checkpoint_info: dict[str, Any], end_of_epoch: Callable[[LoopState, dict], dict] | None = None,
-        on_step: Callable[[LoopState, Any], None] | None = None) -> list[dict]:
+        on_step: Callable[[LoopState, Any], None] | None = None, best: "BestOnValidation | None" = None
+        ) -> list[dict]:
     """Epoch loop from the resume point to ``optim.epochs``. Returns the per-epoch records (this session's).
     ``loader`` comes from :func:`lgiformer.data.build_loader`, so each epoch can reshuffle it and skip what a resumed
-    run has consumed."""
+    run has consumed. ``best`` (updated by ``end_of_epoch``) is saved with every checkpoint and restored on resume."""
     from lgiformer.data import set_epoch
 
     env, logger = training.env, training.logger
     layout = dict(samples_per_batch=(loader.batch_size or 1) * env.world_size,
                   batches_per_epoch=training.batches_per_epoch)
-    state = resume_state(training, run, layout, optim.accum_steps)
+    state, saved = resume_state(training, run, layout, optim.accum_steps)
+    if best is not None:
+        best.restore(saved.get("best"))
     ckpt_root = Path(run.output_dir) / "checkpoints"
     records: list[dict] = []
 
@@ -186,8 +190,11 @@ def fit(training: Training, run: RunConfig, optim: OptimConfig, loader, step_fn:
         save_checkpoint(training.engine, ckpt_root, dict(checkpoint_info, epoch=state.epoch, step=state.step,
                                                          loop=state.to_dict(),
                                                          precision=training.precision, zero_stage=run.zero_stage,
-                                                         world_size=env.world_size, layout=layout),
+                                                         world_size=env.world_size, layout=layout,
+                                                         best=best.record() if best is not None else None),
                         run.keep_last, env.is_main)
+        if best is not None:
+            best.checkpointed()
 
     with Preemption() as preemption:
         while state.epoch < optim.epochs:
@@ -217,14 +224,78 @@ def fit(training: Training, run: RunConfig, optim: OptimConfig, loader, step_fn:
     return records
 
 
-def select_final_model(model: nn.Module, select: str, epochs: int, best_state: dict | None, best_epoch: int,
-                       **best_metrics: float) -> tuple[nn.Module, dict]:
-    """The weights to test under ``eval.select`` and the selection record saved with the test report."""
+class BestOnValidation:
+    """The best validation score of a finetuning run and, with ``keep_weights`` (``eval.select best_val``), its
+    weights, kept across a resume: otherwise a preempted run would choose only among the epochs after its restart.
+    Rank 0 writes each new best to ``<output_dir>/best_val/epochNNNN.safetensors``; every checkpoint records the best
+    so far, and a resumed run reloads that epoch's file. Files that neither the current best nor a kept checkpoint
+    refers to are removed."""
+
+    def __init__(self, output_dir: str | os.PathLike, keep_weights: bool, is_main: bool) -> None:
+        self.folder = Path(output_dir) / "best_val"
+        self.checkpoints = Path(output_dir) / "checkpoints"
+        self.keep_weights, self.is_main = keep_weights, is_main
+        self.value, self.epoch, self.info = -float("inf"), -1, {}
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def _file(self, epoch: int) -> Path:
+        return self.folder / f"epoch{epoch:04d}.safetensors"
+
+    def update(self, value: float, epoch: int, model: nn.Module, **info: Any) -> bool:
+        """Record ``value`` at ``epoch`` if it beats the best so far (ties keep the earlier epoch)."""
+        if not value > self.value:
+            return False
+        self.value, self.epoch, self.info = float(value), epoch, info
+        if self.keep_weights:
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            if self.is_main:
+                from safetensors.torch import save_file
+
+                self.folder.mkdir(parents=True, exist_ok=True)
+                save_file({k: v.contiguous() for k, v in self.state.items()}, str(self._file(epoch)))
+                self._prune()
+        return True
+
+    def record(self) -> dict[str, Any]:
+        return dict(value=self.value, epoch=self.epoch, info=self.info)
+
+    def checkpointed(self) -> None:
+        if self.is_main:
+            self._prune()
+
+    def _prune(self) -> None:
+        epochs = {self.epoch} | {(read_client_state(c).get("best") or {}).get("epoch", -1)
+                                 for c in complete_checkpoints(self.checkpoints)}
+        keep = {self._file(e) for e in epochs}
+        for path in self.folder.glob("epoch*.safetensors"):
+            if path not in keep:
+                path.unlink(missing_ok=True)
+
+    def restore(self, record: dict[str, Any] | None) -> None:
+        if not record or record.get("epoch", -1) < 0:
+            return
+        self.value, self.epoch, self.info = float(record["value"]), int(record["epoch"]), record.get("info") or {}
+        if self.keep_weights:
+            path = self._file(self.epoch)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: the checkpoint says the best validation score ({self.value:.4g}) "
+                                        f"came at epoch {self.epoch}, and its weights should be in this file. Restore "
+                                        f"it, or resume with eval.select last")
+            from safetensors.torch import load_file
+
+            self.state = load_file(str(path))
+        log.info("best validation so far: %.4g at epoch %d (restored)", self.value, self.epoch)
+
+
+def select_final_model(model: nn.Module, select: str, epochs: int, best: BestOnValidation, metric: str
+                       ) -> tuple[nn.Module, dict]:
+    """The weights to test under ``eval.select`` and the selection record saved with the test report (``metric``
+    names the validation score in it)."""
     selection: dict[str, Any] = dict(select=select, epoch=epochs - 1)
-    if select == "best_val" and best_state is not None:
+    if select == "best_val" and best.state is not None:
         chosen = copy.deepcopy(model)
-        chosen.load_state_dict(best_state)
-        selection.update(epoch=best_epoch, **best_metrics)
+        chosen.load_state_dict(best.state)
+        selection.update({"epoch": best.epoch, metric: best.value})
         return chosen, selection
     if select == "best_val":
         log.warning("eval.select best_val: no validation ran in this session (resumed at the end?); testing the "
@@ -247,5 +318,5 @@ def world_info() -> dict:
     return {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "SLURM_JOB_ID")}
 
 
-__all__ = ["PREEMPTED_EXIT_CODE", "Training", "build_training", "describe_model", "fit", "last_checkpoint",
-           "resume_state", "seed_everything", "select_final_model", "setup", "to_dict"]
+__all__ = ["BestOnValidation", "PREEMPTED_EXIT_CODE", "Training", "build_training", "describe_model", "fit",
+           "last_checkpoint", "resume_state", "seed_everything", "select_final_model", "setup", "to_dict"]
