@@ -14,6 +14,7 @@ nodes (the usual cluster setup). ``--resume auto`` takes the newest directory wi
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -51,7 +52,7 @@ def _progress(ckpt: Path) -> tuple[int, float, int]:
     checkpoint can carry a smaller step."""
     epoch, step = (int(g) for g in _TAG.match(ckpt.name).groups())
     try:
-        state = json.loads((ckpt / MARKER).read_text())
+        state = read_client_state(ckpt)
         done = state["loop"]["batch_in_epoch"] / state["layout"]["batches_per_epoch"]
     except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):  # written before layouts were saved
         done = 0.0
@@ -116,12 +117,13 @@ def load_checkpoint(engine, ckpt: str | os.PathLike) -> dict[str, Any]:
     ckpt = Path(ckpt)
     state = read_client_state(ckpt)
     saved_world, world = state.get("world_size"), getattr(engine, "dp_world_size", 1)
+    source, loading = ckpt, contextlib.nullcontext()
     if state.get("zero_stage", 0) > 0 and saved_world not in (None, world):
         log.warning("%s was written by %d processes with ZeRO %d, and this run has %d: loading it through "
                     "DeepSpeed's universal checkpoint format", ckpt, saved_world, state["zero_stage"], world)
-        path = _load_universal(engine, universal_checkpoint(ckpt))
-    else:
-        path, _ = engine.load_checkpoint(str(ckpt.parent), tag=ckpt.name, load_optimizer_states=True,
+        source, loading = universal_checkpoint(ckpt), _universal_loading(engine)
+    with loading:
+        path, _ = engine.load_checkpoint(str(source.parent), tag=source.name, load_optimizer_states=True,
                                          load_lr_scheduler_states=False)
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load {ckpt}")
@@ -136,7 +138,6 @@ def universal_checkpoint(ckpt: Path) -> Path:
         barrier()
         return out
     import argparse
-    import contextlib
     import io
 
     from deepspeed.checkpoint import ds_to_universal
@@ -153,20 +154,20 @@ def universal_checkpoint(ckpt: Path) -> Path:
     return out
 
 
-def _load_universal(engine, folder: Path) -> str | None:
+@contextlib.contextmanager
+def _universal_loading(engine):
+    """Around ``engine.load_checkpoint`` of a universal copy."""
     # Two defects of DeepSpeed's ZeRO 3 universal load (0.19), both found by a moved run that drifted from the run it
     # continues: every parameter group gets the first group's settings (so the weight-decayed group lost its decay),
     # and all groups share one Adam step tensor, which Adam increments in place once per group. This run built the
     # same groups, so their settings are put back, and each group gets its own step.
-    groups = engine.optimizer.param_groups
-    settings = [{k: v for k, v in g.items() if k != "params"} for g in groups]
+    settings = [{k: v for k, v in g.items() if k != "params"} for g in engine.optimizer.param_groups]
     # DeepSpeed reads this flag from its config at load time; it has no public setter, and it is only wanted for
     # this one load (the run's own checkpoints stay in the native format).
     config = engine._config
     config.load_universal_checkpoint = True
     try:
-        path, _ = engine.load_checkpoint(str(folder.parent), tag=folder.name, load_optimizer_states=True,
-                                         load_lr_scheduler_states=False)
+        yield
     finally:
         config.load_universal_checkpoint = False
     for group, kept in zip(engine.optimizer.param_groups, settings):
@@ -174,7 +175,6 @@ def _load_universal(engine, folder: Path) -> str | None:
     for state in getattr(engine.optimizer, "optimizer", engine.optimizer).state.values():
         if torch.is_tensor(state.get("step")):
             state["step"] = state["step"].clone()
-    return path
 
 
 def read_client_state(ckpt: str | os.PathLike) -> dict[str, Any]:

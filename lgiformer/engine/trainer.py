@@ -298,8 +298,8 @@ def select_final_model(model: nn.Module, select: str, epochs: int, best: BestOnV
         selection.update({"epoch": best.epoch, metric: best.value})
         return chosen, selection
     if select == "best_val":
-        log.warning("eval.select best_val: no validation ran in this session (resumed at the end?); testing the "
-                    "last weights")
+        log.warning("eval.select best_val: no validation score recorded (resumed at the end from a checkpoint "
+                    "written before best epochs were kept?); testing the last weights")
         selection["select"] = "last (no validation available)"
     return model, selection
 
