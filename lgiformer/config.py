@@ -357,6 +357,18 @@ REFERENCE_ALIASES = {
 }
 
 
+def check_synthetic(options: dict, where: str = "data.synthetic") -> None:
+    """A recipe's synthetic-data options, checked at load: a typo fails before any process or file exists."""
+    if not options:
+        return
+    from lgiformer.data.synthetic import check_options
+
+    try:
+        check_options(options)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
 def config_main(argv: Sequence[str], *, prog: str, doc: str, default_config: str | Path,
                 load: Callable[[str | None, list[str]], Any], run: Callable[[Any], Any]) -> int:
     """The body of a ``run.py`` entry point: ``--help`` prints ``doc``; ``--config FILE`` (default

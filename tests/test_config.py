@@ -111,3 +111,13 @@ def test_finetuning_refuses_zero3_before_training_not_after():
     with pytest.raises(ConfigError, match="run.zero_stage 3 is for pretraining only"):
         load_finetune_config(None, ["--run.zero_stage", "3"])
     assert load_finetune_config(None, ["--run.zero_stage", "2"]).run.zero_stage == 2
+
+
+@pytest.mark.parametrize("load", [load_pretrain_config, load_finetune_config])
+def test_synthetic_data_options_are_checked_at_load(load):
+    """Before: a typo reached the generator after the process group was up, as a TypeError traceback."""
+    with pytest.raises(ConfigError, match=r"data.synthetic: unknown .*'subjects:40'.* space after each colon"):
+        load(None, ["--data.synthetic", "{subjects:40}"])
+    with pytest.raises(ConfigError, match="data.synthetic: .*subjects must be >= 5"):
+        load(None, ["--data.synthetic", "{subjects: 3}"])
+    assert load(None, ["--data.synthetic", "{subjects: 40, face_zoom: 1.6}"]).data.synthetic["subjects"] == 40

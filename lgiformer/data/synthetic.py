@@ -30,7 +30,7 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -115,6 +115,18 @@ class SyntheticOptions:
         d = dataclasses.asdict(self)
         d["parts"] = list(self.parts)
         return d
+
+
+def check_options(options: Mapping[str, Any]) -> SyntheticOptions:
+    """The options of a recipe's ``data.synthetic``, checked before anything runs: a ValueError names unknown keys
+    (with the valid ones) and bad values."""
+    valid = [f.name for f in dataclasses.fields(SyntheticOptions)]
+    unknown = [str(k) for k in options if k not in valid]
+    if unknown:
+        hint = (" (a YAML mapping needs a space after each colon: {subjects: 40})"
+                if any(":" in k for k in unknown) else "")
+        raise ValueError(f"unknown synthetic data option(s) {unknown}{hint}; valid: {', '.join(valid)}")
+    return SyntheticOptions(**options)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from lgiformer.config import REFERENCE_ALIASES, ConfigError, OptimConfig, RunConfig, load_config, to_dict
+from lgiformer.config import (REFERENCE_ALIASES, ConfigError, OptimConfig, RunConfig, check_synthetic, load_config,
+                              to_dict)
 from lgiformer.engine import ds, trainer
 from lgiformer.engine.distributed import barrier, destroy
 from lgiformer.models import ENCODER_NAMES
@@ -36,7 +37,7 @@ class FinetuneModelConfig:
     embed_dim: int | None = None
     depth: int | None = None
     num_heads: int | None = None
-    global_pool: str | None = None        # None: "region" for lgiformer (the paper), "avg" for vit
+    global_pool: str | None = None        # None: "region" for lgiformer (the paper), "avg" for vit; or "spatial"
     drop_path_rate: float = 0.1
 
     def validate(self) -> None:
@@ -90,6 +91,7 @@ class FinetuneDataConfig:
         if self.auto_augment and not self.auto_augment.startswith("rand-"):
             raise ConfigError(f"data.auto_augment: expected a RandAugment spec such as 'rand-m7-n4-mstd0.5-inc1', or "
                               f"'' / none for no RandAugment, got {self.auto_augment!r}")
+        check_synthetic(self.synthetic)
 
 
 @dataclasses.dataclass

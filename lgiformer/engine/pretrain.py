@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from lgiformer.config import REFERENCE_ALIASES, ConfigError, OptimConfig, RunConfig, load_config, to_dict
+from lgiformer.config import (REFERENCE_ALIASES, ConfigError, OptimConfig, RunConfig, check_synthetic, load_config,
+                              to_dict)
 from lgiformer.engine import trainer
 from lgiformer.engine.distributed import barrier, destroy
 from lgiformer.masking import MASK_TYPES
@@ -80,6 +81,7 @@ class PretrainDataConfig:
             raise ConfigError("data.sampling_rate and data.repeat_aug must be >= 1, and data.num_workers >= 0")
         if not 0.0 <= self.bad_sample_threshold <= 1.0:
             raise ConfigError(f"data.bad_sample_threshold must be in [0, 1], got {self.bad_sample_threshold}")
+        check_synthetic(self.synthetic)
 
 
 @dataclasses.dataclass
