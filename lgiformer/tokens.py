@@ -99,6 +99,13 @@ class TokenLayout:
         """Inverse of :meth:`to_region_major`."""
         return x.index_select(dim, self.raster_to_region_major.to(x.device))
 
+    def time_average(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, N, C] raster-ordered tokens -> [B, H * W, C]: each spatial position's mean over the temporal slots."""
+        b, n, c = x.shape
+        if n != self.num_tokens:
+            raise ValueError(f"expected all {self.num_tokens} tokens in raster order, got {n}")
+        return x.view(b, self.grid[0], -1, c).mean(1)
+
     def split_regions(self, x: torch.Tensor) -> torch.Tensor:
         """[B, N, C] region-major -> [B, R, N / R, C]. Works for any N that is a multiple of R (visible tokens)."""
         b, n, c = x.shape

@@ -7,7 +7,7 @@ from lgiformer.optim import param_groups
 TINY = dict(img_size=32, num_frames=4, embed_dim=32, depth=2, num_heads=2)
 
 
-@pytest.mark.parametrize("pool", ["region", "local", "all"])
+@pytest.mark.parametrize("pool", ["region", "local", "all", "spatial"])
 def test_lgiformer_shapes_finetune_mode(pool):
     model = create_model("lgiformer_tiny_patch16_160", num_classes=5, region_size=(1, 1, 2), global_pool=pool, **TINY)
     x = torch.randn(2, 3, 4, 32, 32)
@@ -51,6 +51,37 @@ def test_finetune_features_are_raster_ordered():
     assert changed.nonzero().flatten().tolist() == [6]
 
 
+@pytest.mark.parametrize("name", ["lgiformer_tiny_patch16_160", "vit_tiny_patch16_160"])
+def test_spatial_pool_is_a_per_position_time_average_that_keeps_where(name, tmp_path):
+    kwargs = dict(region_size=(1, 1, 2)) if name.startswith("lgi") else {}
+    model = create_model(name, num_classes=5, global_pool="spatial", **TINY, **kwargs).eval()
+    x = torch.randn(2, 3, 4, 32, 32)
+    tokens = model.forward_features(x)
+    local = tokens[:, model.num_prefix_tokens:]  # raster (t, h, w): 2 x 2 x 2 tokens
+    # Plain computation: mean over t per (h, w), LayerNorm per position, concatenated in raster (h, w) order.
+    by_time = local.view(2, 2, 4, 32)
+    expected = torch.cat([model.fc_norm((by_time[:, 0, p] + by_time[:, 1, p]) / 2) for p in range(4)], dim=1)
+    pooled = model.forward_head(tokens, pre_logits=True)
+    torch.testing.assert_close(pooled, expected)
+    assert model.head.in_features == model.head_hidden_size == 4 * 32
+    # Where matters: swapping two positions' tokens changes the output, which the mean pool ignores.
+    swapped = local.view(2, 2, 4, 32)[:, :, [1, 0, 2, 3]].reshape(2, 8, 32)
+    swapped = torch.cat((tokens[:, :model.num_prefix_tokens], swapped), dim=1)
+    assert not torch.allclose(model.forward_head(swapped, pre_logits=True), pooled)
+    mean_pool = create_model(name, num_classes=5, global_pool="local" if kwargs else "avg", **TINY, **kwargs).eval()
+    torch.testing.assert_close(mean_pool.forward_head(swapped), mean_pool.forward_head(tokens))
+    # The pooling travels with the weights: a release rebuilds the same head and the same outputs.
+    from lgiformer.release import load_release, write_release
+
+    write_release(model, tmp_path / "rel", source={"format": "test"})
+    torch.testing.assert_close(load_release(tmp_path / "rel").eval()(x), model(x))
+    # And a pooled classifier can be switched to it (the head is rebuilt for the wider input).
+    other = create_model(name, num_classes=5, **TINY, **kwargs)
+    other.reset_classifier(3, "spatial")
+    assert other.head.in_features == 4 * 32 and other.model_args["global_pool"] == "spatial"
+    assert other(x).shape == (2, 3)
+
+
 @pytest.mark.parametrize("name", ["vit_tiny_patch16_160", "vit_small_patch16_160"])
 def test_vit_shapes(name):
     model = create_model(name, num_classes=3, img_size=32, num_frames=4, depth=1)
@@ -82,6 +113,18 @@ def test_pretrain_model_shapes_and_gradients(encoder, mask_type):
     images = mae.reconstruction_images(x)
     assert images["input"].shape == (4, 3, 32, 32) and images["pred_motion"].shape == (2, 3, 32, 32)
     assert all(0 <= float(v.min()) and float(v.max()) <= 1 for v in images.values())
+
+
+@pytest.mark.parametrize("mask_type", ["tube", "random"])
+def test_lgiformer_with_regions_refuses_masks_that_unbalance_them(mask_type):
+    """Caught when the model is built, not at the first training step after the data has loaded."""
+    args = dict(img_size=32, num_frames=4, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16, decoder_depth=1,
+                decoder_num_heads=2, mask_ratio=0.5, mask_type=mask_type)
+    with pytest.raises(ValueError, match="needs mask_type='region_balanced'"):
+        build_pretrain_model("lgiformer_tiny_patch16_160", region_size=(1, 1, 2), **args)
+    # One region (the whole grid) has no balance to keep: any mask works.
+    mae = build_pretrain_model("lgiformer_tiny_patch16_160", region_size=(2, 2, 2), **args)
+    assert mae(torch.randn(2, 3, 4, 32, 32))["loss"].isfinite()
 
 
 def test_decoder_positions_follow_token_identity():

@@ -47,6 +47,10 @@ class MaskedVideoAutoencoder(nn.Module):
             raise ValueError("the pretraining encoder must be built with global_pool='' and num_classes=0")
         if not 0.0 <= motion_weight <= 1.0:
             raise ValueError(f"motion_weight must be in [0, 1], got {motion_weight}")
+        if mask_type != "region_balanced" and encoder.layout.num_regions > 1:
+            # Caught here, not at the first step: the batched regions need equal visible counts per region.
+            raise ValueError(f"mask_type {mask_type!r} leaves regions with unequal numbers of visible tokens; an "
+                             f"encoder with {encoder.layout.num_regions} regions needs mask_type='region_balanced'")
         args = encoder.model_args
         self.tubelet_size, self.patch_size = args["tubelet_size"], args["patch_size"]
         self.targets = tuple(targets)

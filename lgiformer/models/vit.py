@@ -8,14 +8,15 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lgiformer.layers import Block, PatchEmbed3d
-from lgiformer.models.lgiformer import _TIMM_FACTORY_KWARGS, _init_weights
+from lgiformer.models.lgiformer import _TIMM_FACTORY_KWARGS, _init_weights, head_input_size
 from lgiformer.tokens import TokenLayout, sinusoid_table
 
 
 class VideoViT(nn.Module):
     """ViT over tubelet tokens. ``forward_features(x, mask=None)`` returns [B, N, C] (no prefix tokens), raster
     order; with a mask ([B, N], True = masked) only the visible tokens, in order. ``global_pool``: "avg" (mean of
-    tokens, then ``fc_norm``, as VideoMAE finetunes) or "" (tokens through ``norm``, as its pretraining encoder)."""
+    tokens, then ``fc_norm``, as VideoMAE finetunes), "spatial" (per position, see :func:`head_input_size`) or ""
+    (tokens through ``norm``, as its pretraining encoder)."""
 
     def __init__(self, img_size: int = 160, patch_size: int = 16, num_frames: int = 16, tubelet_size: int = 2,
                  in_chans: int = 3, num_classes: int = 0, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
@@ -23,10 +24,10 @@ class VideoViT(nn.Module):
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, fc_drop_rate: float = 0.0,
                  head_init_scale: float = 0.001, norm_eps: float = 1e-6) -> None:
         super().__init__()
-        if global_pool not in ("avg", ""):
+        if global_pool not in ("avg", "spatial", ""):
             lgi_pool = global_pool in ("region", "local", "all")
             hint = " ('region', 'local' and 'all' are LGI-Former poolings)" if lgi_pool else ""
-            raise ValueError(f"the ViT's global_pool must be 'avg' or '', got {global_pool!r}{hint}")
+            raise ValueError(f"the ViT's global_pool must be 'avg', 'spatial' or '', got {global_pool!r}{hint}")
         self.model_args = dict(img_size=img_size, patch_size=patch_size, num_frames=num_frames,
                                tubelet_size=tubelet_size, in_chans=in_chans, num_classes=num_classes,
                                embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
@@ -51,7 +52,8 @@ class VideoViT(nn.Module):
         self.norm = nn.Identity() if pooled else nn.LayerNorm(embed_dim, eps=norm_eps)
         self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if pooled else nn.Identity()
         self.fc_dropout = nn.Dropout(fc_drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head_hidden_size = head_input_size(global_pool, embed_dim, self.layout)
+        self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(_init_weights)
         if isinstance(self.head, nn.Linear):
             trunc_normal_(self.head.weight, std=0.02)
@@ -74,11 +76,14 @@ class VideoViT(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None and bool(global_pool) != bool(self.global_pool):
-            raise ValueError("reset_classifier cannot switch between pooled and unpooled outputs")
+        if global_pool is not None and global_pool != self.global_pool:
+            if bool(global_pool) != bool(self.global_pool):
+                raise ValueError("reset_classifier cannot switch between pooled and unpooled outputs")
+            self.global_pool = self.model_args["global_pool"] = global_pool
+            self.head_hidden_size = head_input_size(global_pool, self.embed_dim, self.layout)
         self.num_classes = num_classes
         self.model_args["num_classes"] = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             _init_weights(self.head)
 
@@ -92,9 +97,11 @@ class VideoViT(nn.Module):
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == "avg":
-            x = x.mean(1)
-        x = self.fc_dropout(self.fc_norm(x))
+        if self.global_pool == "spatial":
+            x = self.fc_norm(self.layout.time_average(x)).flatten(1)  # normalised per position
+        else:
+            x = self.fc_norm(x.mean(1) if self.global_pool == "avg" else x)
+        x = self.fc_dropout(x)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
