@@ -14,7 +14,9 @@ make it learn in the same budget. ``--make-data`` writes the labeled set first (
 Models: the demo-size LGI-Former (width 128, depth 4, 96 px, 8 frames), a ViT of the same size, or a small 3D CNN
 (4 conv layers with BatchNorm, about 0.8 M parameters), the kind of model that usually learns from little data.
 ``--init RELEASE`` starts a transformer from a pretrained encoder (``pretrain/run.py``'s release) instead of random
-init, so the same loop measures what pretraining gives; ``--pool`` picks its ``global_pool``.
+init, so the same loop measures what pretraining gives; ``--pool`` picks its ``global_pool`` (``spatial`` keeps the
+position of each feature); ``--head label_token`` puts the library's label-token attention head on it instead;
+``--freeze`` trains the head alone (a linear probe of the encoder's features, random or pretrained).
 """
 from __future__ import annotations
 
@@ -62,6 +64,23 @@ def build(name: str, size: int, frames: int, pool: str | None = None, patch: int
     return create_model("lgiformer_tiny_patch16_160", region_size=region or [2, 3, 6], **args)
 
 
+class LabelTokenClassifier(nn.Module):
+    """The library's label-token cross-attention head (docs/AU.md) as DFER attention pooling: one query per class
+    attends over the local tokens, so each class can look where its expression shows."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int = NUM_CLASSES, pos_embed: str = "sincos2d") -> None:
+        super().__init__()
+        from lgiformer.au.heads import LabelTokenHead
+
+        self.encoder = encoder
+        self.head = LabelTokenHead(encoder.embed_dim, num_classes, dim=encoder.embed_dim, depth=2, num_heads=4,
+                                   pos_embed=pos_embed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.encoder.forward_features(x)
+        return self.head(tokens, grid=self.encoder.layout.grid, n_special=self.encoder.num_prefix_tokens)["logits"]
+
+
 def cached(root: Path, split: str, fold: int, frames: int, stride: int, size: int,
            zoom: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     samples = read_video_list(root / "labeled" / "lists" / f"{split}_fold{fold}.txt", root, labeled=True,
@@ -95,6 +114,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--pool", default=None, help="the transformer's global_pool (default: the model's own)")
     p.add_argument("--patch", type=int, default=16, help="the transformer's patch size (16: 6 x 6 tokens at 96 px)")
     p.add_argument("--region", type=int, nargs=3, default=None, help="LGI-Former region (t h w tokens)")
+    p.add_argument("--freeze", action="store_true",
+                   help="train only the head on the frozen encoder (a linear probe with --head pool)")
+    p.add_argument("--head", choices=("pool", "label_token"), default="pool",
+                   help="pool: the model's linear head on its --pool; label_token: one attention query per class over "
+                        "the local tokens")
     p.add_argument("--center", action="store_true",
                    help="subtract each clip's temporal mean from it: the model sees what changes, not the face")
     p.add_argument("--zoom", type=float, default=1.0,
@@ -119,7 +143,14 @@ def main(argv: list[str] | None = None) -> dict:
         report = load_pretrained(model, a.init)
         loaded = report.loaded
         print(report.summary(), flush=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.05)
+    if a.head != "pool":
+        if a.model == "cnn3d":
+            raise SystemExit(f"--head {a.head} needs a transformer (--model lgiformer or vit)")
+        model = LabelTokenClassifier(model)
+    if a.freeze:  # a linear probe: only the head (and its input norm) learns
+        for name, param in model.named_parameters():
+            param.requires_grad = name.startswith(("head.", "fc_norm."))
+    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=a.lr, weight_decay=0.05)
     steps_per_epoch = len(x_train) // a.batch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, a.lr, total_steps=a.epochs * steps_per_epoch, pct_start=0.1)
     history = []
@@ -148,7 +179,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"epoch {epoch:3d}  loss {loss_sum / seen:.3f}  train acc {correct / seen:.2f}  "
                   f"test UAR {100 * m['uar']:.1f}  WAR {100 * m['war']:.1f}  [{time.time() - start:.0f} s]",
                   flush=True)
-    return dict(history=history, loaded=loaded, train_clips=len(x_train), test_clips=len(x_test))
+    trainable = sum(q.numel() for q in model.parameters() if q.requires_grad)
+    return dict(history=history, loaded=loaded, train_clips=len(x_train), test_clips=len(x_test), trainable=trainable)
 
 
 if __name__ == "__main__":

@@ -134,6 +134,10 @@ def test_learnability_starts_from_a_release_and_reports_each_evaluation(tmp_path
     (last,) = out["history"]
     assert last["epoch"] == 1 and 0.0 <= last["uar"] <= 1.0 and 0.0 <= last["train_acc"] <= 1.0
     assert f"{len(out['loaded'])} loaded, 4 new" in capsys.readouterr().out   # the load report is printed
+    # A linear probe on the per-position features: only fc_norm and the head (6 x 6 positions x 128 -> 7) learn.
+    probe = learnability.main(["--data", str(tmp_path / "syn"), "--epochs", "1", "--frames", "8", "--pool", "spatial",
+                               "--freeze"])
+    assert probe["trainable"] == 2 * 128 + 6 * 6 * 128 * 7 + 7
 
 
 def test_dataloader_benchmark_compares_repeated_sampling(tmp_path, capsys):
