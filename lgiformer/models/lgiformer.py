@@ -165,13 +165,16 @@ class LGIFormer(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         r = self.num_prefix_tokens
-        if self.global_pool == "spatial":
-            x = self.fc_norm(self.layout.time_average(x[:, r:])).flatten(1)  # normalised per position
-        else:
-            pooled = {"region": lambda: x[:, :r].mean(1), "local": lambda: x[:, r:].mean(1),
-                      "all": lambda: x.mean(1), "": lambda: x}[self.global_pool]
-            x = self.fc_norm(pooled())
-        x = self.fc_dropout(x)
+        if self.global_pool == "region":
+            x = x[:, :r].mean(1)
+        elif self.global_pool == "local":
+            x = x[:, r:].mean(1)
+        elif self.global_pool == "all":
+            x = x.mean(1)
+        elif self.global_pool == "spatial":
+            x = self.layout.time_average(x[:, r:])
+        x = self.fc_norm(x)  # per position for "spatial", then flattened
+        x = self.fc_dropout(x.flatten(1) if self.global_pool == "spatial" else x)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

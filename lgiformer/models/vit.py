@@ -97,11 +97,12 @@ class VideoViT(nn.Module):
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == "spatial":
-            x = self.fc_norm(self.layout.time_average(x)).flatten(1)  # normalised per position
-        else:
-            x = self.fc_norm(x.mean(1) if self.global_pool == "avg" else x)
-        x = self.fc_dropout(x)
+        if self.global_pool == "avg":
+            x = x.mean(1)
+        elif self.global_pool == "spatial":
+            x = self.layout.time_average(x)
+        x = self.fc_norm(x)  # per position for "spatial", then flattened
+        x = self.fc_dropout(x.flatten(1) if self.global_pool == "spatial" else x)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
