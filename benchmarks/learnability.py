@@ -15,8 +15,9 @@ Models: the demo-size LGI-Former (width 128, depth 4, 96 px, 8 frames), a ViT of
 (4 conv layers with BatchNorm, about 0.8 M parameters), the kind of model that usually learns from little data.
 ``--init RELEASE`` starts a transformer from a pretrained encoder (``pretrain/run.py``'s release) instead of random
 init, so the same loop measures what pretraining gives; ``--pool`` picks its ``global_pool`` (``spatial`` keeps the
-position of each feature); ``--head label_token`` puts the library's label-token attention head on it instead;
-``--freeze`` trains the head alone (a linear probe of the encoder's features, random or pretrained).
+position of each feature; ``label_token`` is the library's label-token head, one attention query per class, here
+with the sizes of ``LABEL_TOKEN_ARGS``); ``--freeze`` trains the head alone (a linear probe of the encoder's
+features, random or pretrained).
 """
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ from lgiformer.models import create_model  # noqa: E402
 from lgiformer.tasks import load_pretrained  # noqa: E402
 
 NUM_CLASSES = 7
+# The label-token head at this encoder's width, with 2-D sine positions added to its keys (as first measured here).
+LABEL_TOKEN_ARGS = dict(dim=128, depth=2, num_heads=4, pos_embed="sincos2d")
 
 
 def small_cnn3d(num_classes: int = NUM_CLASSES) -> nn.Module:
@@ -59,26 +62,11 @@ def build(name: str, size: int, frames: int, pool: str | None = None, patch: int
                 patch_size=patch)
     if pool:
         args["global_pool"] = pool
+    if pool == "label_token":
+        args["head_args"] = LABEL_TOKEN_ARGS
     if name == "vit":
         return create_model("vit_tiny_patch16_160", **args)
     return create_model("lgiformer_tiny_patch16_160", region_size=region or [2, 3, 6], **args)
-
-
-class LabelTokenClassifier(nn.Module):
-    """The library's label-token cross-attention head (docs/AU.md) as DFER attention pooling: one query per class
-    attends over the local tokens, so each class can look where its expression shows."""
-
-    def __init__(self, encoder: nn.Module, num_classes: int = NUM_CLASSES, pos_embed: str = "sincos2d") -> None:
-        super().__init__()
-        from lgiformer.au.heads import LabelTokenHead
-
-        self.encoder = encoder
-        self.head = LabelTokenHead(encoder.embed_dim, num_classes, dim=encoder.embed_dim, depth=2, num_heads=4,
-                                   pos_embed=pos_embed)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.encoder.forward_features(x)
-        return self.head(tokens, grid=self.encoder.layout.grid, n_special=self.encoder.num_prefix_tokens)["logits"]
 
 
 def cached(root: Path, split: str, fold: int, frames: int, stride: int, size: int,
@@ -115,10 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--patch", type=int, default=16, help="the transformer's patch size (16: 6 x 6 tokens at 96 px)")
     p.add_argument("--region", type=int, nargs=3, default=None, help="LGI-Former region (t h w tokens)")
     p.add_argument("--freeze", action="store_true",
-                   help="train only the head on the frozen encoder (a linear probe with --head pool)")
-    p.add_argument("--head", choices=("pool", "label_token"), default="pool",
-                   help="pool: the model's linear head on its --pool; label_token: one attention query per class over "
-                        "the local tokens")
+                   help="train only the head (and its input norm) on the frozen encoder: a linear probe with a "
+                        "pooling, an attentive probe with --pool label_token")
     p.add_argument("--center", action="store_true",
                    help="subtract each clip's temporal mean from it: the model sees what changes, not the face")
     p.add_argument("--zoom", type=float, default=1.0,
@@ -143,10 +129,6 @@ def main(argv: list[str] | None = None) -> dict:
         report = load_pretrained(model, a.init)
         loaded = report.loaded
         print(report.summary(), flush=True)
-    if a.head != "pool":
-        if a.model == "cnn3d":
-            raise SystemExit(f"--head {a.head} needs a transformer (--model lgiformer or vit)")
-        model = LabelTokenClassifier(model)
     if a.freeze:  # a linear probe: only the head (and its input norm) learns
         for name, param in model.named_parameters():
             param.requires_grad = name.startswith(("head.", "fc_norm."))

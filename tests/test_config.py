@@ -113,6 +113,15 @@ def test_finetuning_refuses_zero3_before_training_not_after():
     assert load_finetune_config(None, ["--run.zero_stage", "2"]).run.zero_stage == 2
 
 
+def test_label_token_head_arguments_are_checked_at_load():
+    cfg = load_finetune_config(None, ["--model.global_pool", "label_token", "--model.head_args", "{dim: 64}"])
+    assert cfg.model.head_kwargs() == {"global_pool": "label_token", "head_args": {"dim": 64}}
+    with pytest.raises(ConfigError, match=r"model.head_args \['dims'\] are not settable .*accepted: dim, depth"):
+        load_finetune_config(None, ["--model.global_pool", "label_token", "--model.head_args", "{dims: 64}"])
+    with pytest.raises(ConfigError, match="model.head_args .* are for model.global_pool label_token"):
+        load_finetune_config(None, ["--model.head_args", "{dim: 64}"])
+
+
 @pytest.mark.parametrize("load", [load_pretrain_config, load_finetune_config])
 def test_synthetic_data_options_are_checked_at_load(load):
     """Before: a typo reached the generator after the process group was up, as a TypeError traceback."""

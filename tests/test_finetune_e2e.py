@@ -71,3 +71,23 @@ def test_resume_keeps_the_best_validation_epoch_from_before_the_restart(finetune
     a, b = (json.loads((d / "test_metrics.json").read_text()) for d in (full, cut))
     assert (a["select"], a["epoch"], a["val_uar"], a["uar"]) == (b["select"], b["epoch"], b["val_uar"], b["uar"])
     assert (full / "test_predictions.csv").read_text() == (cut / "test_predictions.csv").read_text()
+
+
+def test_label_token_head_finetunes_from_the_encoder_release_and_predicts(finetuned, tmp_path):
+    """``--model.global_pool label_token``: the encoder release loads as for the linear head, the head's queries
+    and layers are new, and the finetuned release rebuilds the head for ``lgiformer.predict``."""
+    out = tmp_path / "lt"
+    run(["finetune/run.py", "--config", "tests/configs/tiny_finetune.yaml", "--run.output_dir", str(out),
+         "--data.data_root", str(finetuned / "data"), "--pretrained", str(finetuned / "pt" / "release"),
+         "--model.global_pool", "label_token", "--model.head_args", "{dim: 16, num_heads: 2, depth: 1}",
+         "--optim.epochs", "1", "--data.test_num_clips", "1", "--data.test_num_crops", "1"])
+    report = json.loads((out / "load_report.json").read_text())
+    plain = json.loads((finetuned / "ft" / "load_report.json").read_text())
+    assert report["loaded"] == plain["loaded"] and set(report["ignored"]) == {"norm.weight", "norm.bias"}
+    assert "head.label_tokens" in report["new"] and {k.split(".")[0] for k in report["new"]} == {"fc_norm", "head"}
+    config = json.loads((out / "release" / "config.json").read_text())
+    assert config["model_args"]["global_pool"] == "label_token" and config["model_args"]["head_args"]["dim"] == 16
+    clip = str(finetuned / "data" / "labeled" / "frames" / "00003")
+    result = json.loads(run(["-m", "lgiformer.predict", "--model", str(out / "release"), clip, "--json"]).stdout)
+    probs = result["results"][0]["probabilities"]
+    assert len(probs) == 7 and sum(probs.values()) == pytest.approx(1.0, abs=1e-4)

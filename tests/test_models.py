@@ -82,6 +82,51 @@ def test_spatial_pool_is_a_per_position_time_average_that_keeps_where(name, tmp_
     assert other(x).shape == (2, 3)
 
 
+@pytest.mark.parametrize("name", ["lgiformer_tiny_patch16_160", "vit_tiny_patch16_160"])
+def test_label_token_head_is_one_query_per_class_over_the_local_tokens(name, tmp_path):
+    from lgiformer.au.heads import LabelTokenHead
+    from lgiformer.release import load_release, write_release
+
+    kwargs = dict(region_size=(1, 1, 2)) if name.startswith("lgi") else {}
+    head_args = dict(dim=16, depth=1, num_heads=2, dropout=0.0)
+    model = create_model(name, num_classes=5, global_pool="label_token", head_args=head_args, **TINY,
+                         **kwargs).eval()
+    x = torch.randn(2, 3, 4, 32, 32)
+    tokens = model.forward_features(x)
+    r = model.num_prefix_tokens
+    # Plain composition: the AU library's label-token head, 5 queries, on the fc_norm-ed local tokens only.
+    plain = LabelTokenHead(32, 5, mode="clip", **{**head_args, "token_self_attn": False})
+    plain.load_state_dict(model.head.state_dict())
+    plain.eval()
+    expected = plain(model.fc_norm(tokens)[:, r:], grid=model.grid_size, n_special=0)["logits"]
+    torch.testing.assert_close(model(x), expected)
+    assert isinstance(model.head, LabelTokenHead) and model.head.label_tokens.shape == (5, 16)
+    # Attention pooling without an added position table is blind to the order of the keys, unlike "spatial".
+    perm = torch.randperm(tokens.shape[1] - r)
+    shuffled = torch.cat((tokens[:, :r], tokens[:, r:][:, perm]), dim=1)
+    torch.testing.assert_close(model.forward_head(shuffled), model.forward_head(tokens))
+    # Queries decay-free and at the head's lr (layer decay's last group, scale 1).
+    assert "head.label_tokens" in model.no_weight_decay()
+    groups = param_groups(model, 0.05, layer_decay=0.75)
+    queries = next(g for g in groups if any(p is model.head.label_tokens for p in g["params"]))
+    assert queries["weight_decay"] == 0.0 and queries["lr_scale"] == 1.0
+    # The head and its resolved arguments travel with the weights.
+    write_release(model, tmp_path / "rel", source={"format": "test"})
+    loaded = load_release(tmp_path / "rel")
+    assert loaded.model_args["head_args"] == {**head_args, "token_self_attn": False}
+    torch.testing.assert_close(loaded(x), model(x))
+    # A pooled classifier can switch to it and back.
+    other = create_model(name, num_classes=5, **TINY, **kwargs)
+    other.reset_classifier(3, "label_token")
+    assert other(x).shape == (2, 3) and other.model_args["head_args"]["dim"] == 256  # spec §5.5 defaults
+    other.reset_classifier(3, "spatial")
+    assert "head_args" not in other.model_args and other(x).shape == (2, 3)
+    with pytest.raises(ValueError, match=r"\['size'\] are not settable.*accepted: dim, depth"):
+        create_model(name, num_classes=5, global_pool="label_token", head_args={"size": 3}, **TINY, **kwargs)
+    with pytest.raises(ValueError, match="head_args are for global_pool='label_token'"):
+        create_model(name, num_classes=5, head_args={"dim": 8}, **TINY, **kwargs)
+
+
 @pytest.mark.parametrize("name", ["vit_tiny_patch16_160", "vit_small_patch16_160"])
 def test_vit_shapes(name):
     model = create_model(name, num_classes=3, img_size=32, num_frames=4, depth=1)

@@ -34,9 +34,9 @@ def _csv_rows(path):
         return list(csv.DictReader(f))
 
 
-def _tiny_model(num_aus=len(AU_NAMES), head="label_token", seed=0):
+def _tiny_model(num_aus=len(AU_NAMES), head="label_token", seed=0, **classifier_args):
     torch.manual_seed(seed)
-    classifier = create_model("lgiformer_tiny_patch16_160", num_classes=7, **TINY)
+    classifier = create_model("lgiformer_tiny_patch16_160", num_classes=7, **TINY, **classifier_args)
     kwargs = dict(embed_dim=32, num_aus=num_aus)
     if head == "label_token":
         kwargs.update(dim=32, num_heads=2)
@@ -141,8 +141,9 @@ def test_mixup_mixes_the_au_targets_like_the_clips(cutmix):
 
 
 # ---- model ---------------------------------------------------------------------------------------------------------
-def test_model_keeps_the_classifier_output_and_exports_its_au_branch():
-    model = _tiny_model().eval()
+@pytest.mark.parametrize("pool", [{}, dict(global_pool="label_token", head_args=dict(dim=16, num_heads=2))])
+def test_model_keeps_the_classifier_output_and_exports_its_au_branch(pool):
+    model = _tiny_model(**pool).eval()
     clips = _batch()[0]
     with torch.no_grad():
         logits = model(clips)

@@ -279,6 +279,10 @@ class LabelTokenHead(nn.Module):
         with torch.no_grad():
             self.cls_bias.copy_(prior_bias(rates))
 
+    def no_weight_decay(self) -> set[str]:
+        """The learned queries and position table: 2-D, so the 1-D no-decay rule does not cover them."""
+        return {"label_tokens"} | ({"pos_embed"} if self.pos_embed is not None else set())
+
     def _classify(self, t: Tensor) -> Tensor:
         if self.variant == "mttc":
             return self.classifier(t[:, 0]) + self.cls_bias

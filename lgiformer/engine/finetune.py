@@ -20,6 +20,7 @@ from lgiformer.config import (REFERENCE_ALIASES, ConfigError, OptimConfig, RunCo
 from lgiformer.engine import ds, trainer
 from lgiformer.engine.distributed import barrier, destroy
 from lgiformer.models import ENCODER_NAMES
+from lgiformer.models.lgiformer import label_token_args
 from lgiformer.optim import param_groups
 
 log = logging.getLogger("lgiformer")
@@ -37,12 +38,29 @@ class FinetuneModelConfig:
     embed_dim: int | None = None
     depth: int | None = None
     num_heads: int | None = None
-    global_pool: str | None = None        # None: "region" for lgiformer (the paper), "avg" for vit; or "spatial"
+    global_pool: str | None = None        # None: "region" for lgiformer (the paper), "avg" for vit; or "spatial",
+                                          # "label_token" (one attention query per class over the tokens)
+    head_args: dict = dataclasses.field(default_factory=dict)   # label_token only: dim, depth, num_heads, ...
     drop_path_rate: float = 0.1
 
     def validate(self) -> None:
         if self.name not in ENCODER_NAMES:
             raise ConfigError(f"model.name: unknown encoder {self.name!r}; available: {', '.join(ENCODER_NAMES)}")
+        if self.head_args and self.global_pool != "label_token":
+            raise ConfigError(f"model.head_args {sorted(self.head_args)} are for model.global_pool label_token "
+                              f"(got {self.global_pool!r})")
+        if self.global_pool == "label_token":
+            try:
+                label_token_args(self.head_args)
+            except ValueError as err:
+                raise ConfigError(f"model.{err}") from None
+
+    def head_kwargs(self) -> dict[str, Any]:
+        """The classifier's pooling and head, as ``build_classifier`` takes them."""
+        kwargs: dict[str, Any] = dict(global_pool=self.global_pool)
+        if self.head_args:
+            kwargs["head_args"] = dict(self.head_args)
+        return kwargs
 
     def arch_kwargs(self) -> dict[str, Any]:
         kwargs = dict(img_size=self.img_size, num_frames=self.num_frames, tubelet_size=self.tubelet_size,
@@ -232,8 +250,8 @@ def _run(cfg: FinetuneConfig, env, logger) -> dict[str, Any]:
     stride = d.sampling_rate or spec.sampling_rate
     train_list, test_list = _lists(d, spec, root)
 
-    model, report = build_classifier(m.name, num_classes, m.pretrained or None, global_pool=m.global_pool,
-                                     drop_path_rate=m.drop_path_rate, **m.arch_kwargs())
+    model, report = build_classifier(m.name, num_classes, m.pretrained or None, drop_path_rate=m.drop_path_rate,
+                                     **m.head_kwargs(), **m.arch_kwargs())
     log.info("%s", report.summary())
     if env.is_main:
         (Path(cfg.run.output_dir) / "load_report.json").write_text(json.dumps(report.to_dict(), indent=1))

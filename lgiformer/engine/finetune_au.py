@@ -46,6 +46,8 @@ _MOKE_KEYS = ("hidden", "dilations", "ca_mode", "unfreeze_norms", "expert_head")
 # ==================================================================================================================
 # The model
 # ==================================================================================================================
+# model_args that describe a classifier's head, not its encoder: dropped to rebuild the bare encoder.
+CLASSIFIER_ARGS = ("num_classes", "global_pool", "head_args")
 # AU-head parameters that get no weight decay (tokens, positional terms, order logits, learned thresholds).
 HEAD_NO_DECAY = ("label_tokens", "pos_embed", "au_pos", "order_logits", "cls_bias", "theta")
 
@@ -597,7 +599,7 @@ def load_au_model(run_dir: str | Path) -> tuple[AUModel, Dict]:
 
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "au_config.json").read_text())
-    margs = {k: v for k, v in config["model_args"].items() if k not in ("num_classes", "global_pool")}
+    margs = {k: v for k, v in config["model_args"].items() if k not in CLASSIFIER_ARGS}
     encoder = create_model(config["model_name"], num_classes=0, global_pool="", **margs)
     acfg = AUConfig(**config["au"])
     num_aus = len(config["au_names"])

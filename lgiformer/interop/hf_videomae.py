@@ -203,6 +203,8 @@ def hf_config_for(model: nn.Module, labels: list[str] | None = None):
     a = model.model_args
     if not getattr(model, "model_name", "").startswith("vit"):
         raise ValueError(f"only VideoViT models have a transformers equivalent, not {model.model_name!r}")
+    if a["global_pool"] not in ("avg", ""):
+        raise ValueError(f"global_pool {a['global_pool']!r} has no transformers equivalent (only 'avg' and '')")
     hidden = int(a["embed_dim"] * a["mlp_ratio"])
     if model.blocks[0].mlp.fc1.out_features != hidden:
         raise ValueError("MLP width is not embed_dim * mlp_ratio")

@@ -64,8 +64,9 @@ class LGIFormer(nn.Module):
     are encoded (pretraining) and returned in region-major order; every region must keep the same number of them.
     ``global_pool`` picks the head's input: "region" (mean of representative tokens, the paper), "local" (mean of
     local tokens), "all" (mean of all tokens), "spatial" (each spatial position's local tokens averaged over time,
-    normalised, and concatenated: the head sees *where* a feature is, see :func:`head_input_size`) or "" (no
-    pooling: tokens pass through the final ``norm``).
+    normalised, and concatenated: the head sees *where* a feature is, see :func:`head_input_size`), "label_token"
+    (no pooling: the label-token cross-attention head, one query per class over the normalised local tokens, see
+    :func:`build_head`; ``head_args`` sets its sizes) or "" (no pooling: tokens pass through the final ``norm``).
     """
 
     def __init__(self, img_size: int = 160, patch_size: int = 16, num_frames: int = 16, tubelet_size: int = 2,
@@ -73,10 +74,11 @@ class LGIFormer(nn.Module):
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, region_size: Sequence[int] = (2, 5, 10),
                  global_pool: str = "region", drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, fc_drop_rate: float = 0.0, head_init_scale: float = 0.001,
-                 norm_eps: float = 1e-6) -> None:
+                 norm_eps: float = 1e-6, head_args: dict | None = None) -> None:
         super().__init__()
-        if global_pool not in ("region", "local", "all", "spatial", ""):
-            raise ValueError(f"global_pool must be 'region', 'local', 'all', 'spatial' or '', got {global_pool!r}")
+        if global_pool not in ("region", "local", "all", "spatial", "label_token", ""):
+            raise ValueError("global_pool must be 'region', 'local', 'all', 'spatial', 'label_token' or '', got "
+                             f"{global_pool!r}")
         self.model_args = dict(img_size=img_size, patch_size=patch_size, num_frames=num_frames,
                                tubelet_size=tubelet_size, in_chans=in_chans, num_classes=num_classes,
                                embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
@@ -106,7 +108,7 @@ class LGIFormer(nn.Module):
         self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if pooled else nn.Identity()
         self.fc_dropout = nn.Dropout(fc_drop_rate)
         self.head_hidden_size = head_input_size(global_pool, embed_dim, self.layout)
-        self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = build_head(self, global_pool, num_classes, head_args)
 
         trunc_normal_(self.lg_region_tokens, std=0.02)
         self.apply(_init_weights)
@@ -117,7 +119,7 @@ class LGIFormer(nn.Module):
     # ---- timm-style hooks used by the optimiser and the engine --------------------------------------------------
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {"lg_region_tokens", "pos_embed"}
+        return {"lg_region_tokens", "pos_embed"} | head_no_weight_decay(self.head)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
@@ -139,9 +141,7 @@ class LGIFormer(nn.Module):
             self.head_hidden_size = head_input_size(global_pool, self.embed_dim, self.layout)
         self.num_classes = num_classes
         self.model_args["num_classes"] = num_classes
-        self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            _init_weights(self.head)
+        reset_head(self, num_classes)
 
     # ---- forward ----------------------------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -165,6 +165,8 @@ class LGIFormer(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         r = self.num_prefix_tokens
+        if self.global_pool == "label_token":  # pre_logits: the normalised tokens the head attends over
+            return label_token_logits(self, self.fc_norm(x), pre_logits)
         if self.global_pool == "region":
             x = x[:, :r].mean(1)
         elif self.global_pool == "local":
@@ -203,6 +205,69 @@ def head_input_size(global_pool: str, embed_dim: int, layout: TokenLayout) -> in
         _, h, w = layout.grid
         return h * w * embed_dim
     return embed_dim
+
+
+# The label-token head as DFER attention pooling (specs/AU_HEADS.md §9: "the same cross-attention pooling head with
+# K class queries"): its §5.5 starting point for a video encoder, one query per class, token self-attention off.
+LABEL_TOKEN_DEFAULTS = dict(dim=256, depth=2, num_heads=8, dropout=0.1, token_self_attn=False)
+# Set by the model, not by head_args: the head classifies whole clips over this encoder's tokens.
+_LABEL_TOKEN_FIXED = ("embed_dim", "num_aus", "mode", "rates", "num_keys", "parsing_classes", "parsing_lambda",
+                      "parsing_assignment")
+
+
+def label_token_args(head_args: dict | None) -> dict:
+    """Every argument of the DFER label-token head: the defaults above, then ``head_args``. A key the head does not
+    take, or one the model sets itself, is a ValueError naming it and the keys that are accepted."""
+    import inspect
+
+    from lgiformer.au.heads import LabelTokenHead
+
+    accepted = [k for k in inspect.signature(LabelTokenHead).parameters if k not in _LABEL_TOKEN_FIXED]
+    args = {**LABEL_TOKEN_DEFAULTS, **(head_args or {})}
+    unknown = sorted(set(args) - set(accepted))
+    if unknown:
+        raise ValueError(f"head_args {unknown} are not settable arguments of the label-token head; accepted: "
+                         f"{', '.join(accepted)}")
+    return args
+
+
+def build_head(model: nn.Module, global_pool: str, num_classes: int, head_args: dict | None = None) -> nn.Module:
+    """The classifier on ``model.head_hidden_size`` features (a Linear), or for ``global_pool="label_token"`` the
+    library's label-token head (:class:`lgiformer.au.heads.LabelTokenHead`): one learned query per class
+    cross-attends over the local tokens and is classified by its own weight vector, so each class can look where
+    its expression shows. Its resolved arguments go into ``model_args["head_args"]``, so releases rebuild it."""
+    if global_pool != "label_token":
+        if head_args:
+            raise ValueError(f"head_args are for global_pool='label_token' (got global_pool={global_pool!r})")
+        model.model_args.pop("head_args", None)
+        return nn.Linear(model.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+    from lgiformer.au.heads import LabelTokenHead
+
+    args = label_token_args(head_args)
+    model.model_args["head_args"] = args
+    if num_classes <= 0:
+        return nn.Identity()
+    extra = model.num_prefix_tokens if args.get("keys") == "all" else 0
+    return LabelTokenHead(model.embed_dim, num_classes, mode="clip", num_keys=model.layout.num_tokens + extra, **args)
+
+
+def reset_head(model: nn.Module, num_classes: int) -> None:
+    """``reset_classifier``'s new head, initialised as the constructor initialises one (both encoders)."""
+    head_args = model.model_args.get("head_args") if model.global_pool == "label_token" else None
+    model.head = build_head(model, model.global_pool, num_classes, head_args)
+    model.head.apply(_init_weights)
+
+
+def head_no_weight_decay(head: nn.Module) -> set[str]:
+    """The head's learned queries and position tables (2-D, so timm's 1-D rule does not exempt them)."""
+    names = head.no_weight_decay() if hasattr(head, "no_weight_decay") else ()
+    return {f"head.{n}" for n in names}
+
+
+def label_token_logits(model: nn.Module, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+    if pre_logits or isinstance(model.head, nn.Identity):
+        return tokens
+    return model.head(tokens, grid=model.layout.grid, n_special=model.num_prefix_tokens)["logits"]
 
 
 # Arguments timm.create_model passes to every model function; ours take none of them.

@@ -8,26 +8,29 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lgiformer.layers import Block, PatchEmbed3d
-from lgiformer.models.lgiformer import _TIMM_FACTORY_KWARGS, _init_weights, head_input_size
+from lgiformer.models.lgiformer import (_TIMM_FACTORY_KWARGS, _init_weights, build_head, head_input_size,
+                                        head_no_weight_decay, label_token_logits, reset_head)
 from lgiformer.tokens import TokenLayout, sinusoid_table
 
 
 class VideoViT(nn.Module):
     """ViT over tubelet tokens. ``forward_features(x, mask=None)`` returns [B, N, C] (no prefix tokens), raster
     order; with a mask ([B, N], True = masked) only the visible tokens, in order. ``global_pool``: "avg" (mean of
-    tokens, then ``fc_norm``, as VideoMAE finetunes), "spatial" (per position, see :func:`head_input_size`) or ""
-    (tokens through ``norm``, as its pretraining encoder)."""
+    tokens, then ``fc_norm``, as VideoMAE finetunes), "spatial" (per position, see :func:`head_input_size`),
+    "label_token" (the label-token head over the normalised tokens, see
+    :func:`lgiformer.models.lgiformer.build_head`) or "" (tokens through ``norm``, as its pretraining encoder)."""
 
     def __init__(self, img_size: int = 160, patch_size: int = 16, num_frames: int = 16, tubelet_size: int = 2,
                  in_chans: int = 3, num_classes: int = 0, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, global_pool: str = "avg", drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, fc_drop_rate: float = 0.0,
-                 head_init_scale: float = 0.001, norm_eps: float = 1e-6) -> None:
+                 head_init_scale: float = 0.001, norm_eps: float = 1e-6, head_args: dict | None = None) -> None:
         super().__init__()
-        if global_pool not in ("avg", "spatial", ""):
+        if global_pool not in ("avg", "spatial", "label_token", ""):
             lgi_pool = global_pool in ("region", "local", "all")
             hint = " ('region', 'local' and 'all' are LGI-Former poolings)" if lgi_pool else ""
-            raise ValueError(f"the ViT's global_pool must be 'avg', 'spatial' or '', got {global_pool!r}{hint}")
+            raise ValueError(f"the ViT's global_pool must be 'avg', 'spatial', 'label_token' or '', got "
+                             f"{global_pool!r}{hint}")
         self.model_args = dict(img_size=img_size, patch_size=patch_size, num_frames=num_frames,
                                tubelet_size=tubelet_size, in_chans=in_chans, num_classes=num_classes,
                                embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
@@ -53,7 +56,7 @@ class VideoViT(nn.Module):
         self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if pooled else nn.Identity()
         self.fc_dropout = nn.Dropout(fc_drop_rate)
         self.head_hidden_size = head_input_size(global_pool, embed_dim, self.layout)
-        self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = build_head(self, global_pool, num_classes, head_args)
         self.apply(_init_weights)
         if isinstance(self.head, nn.Linear):
             trunc_normal_(self.head.weight, std=0.02)
@@ -62,7 +65,7 @@ class VideoViT(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed"}
+        return {"pos_embed"} | head_no_weight_decay(self.head)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
@@ -83,9 +86,7 @@ class VideoViT(nn.Module):
             self.head_hidden_size = head_input_size(global_pool, self.embed_dim, self.layout)
         self.num_classes = num_classes
         self.model_args["num_classes"] = num_classes
-        self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            _init_weights(self.head)
+        reset_head(self, num_classes)
 
     def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x = self.patch_embed(x) + self.pos_embed.to(x.dtype)
@@ -97,6 +98,8 @@ class VideoViT(nn.Module):
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "label_token":  # pre_logits: the normalised tokens the head attends over
+            return label_token_logits(self, self.fc_norm(x), pre_logits)
         if self.global_pool == "avg":
             x = x.mean(1)
         elif self.global_pool == "spatial":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lgiformer.engine.finetune_au import HEAD_NO_DECAY, AUModel, au_probs, prefixed_groups
+from lgiformer.engine.finetune_au import CLASSIFIER_ARGS, HEAD_NO_DECAY, AUModel, au_probs, prefixed_groups
 
 __all__ = ["ExpressionAUModel", "au_probs", "export_au_model"]
 
@@ -66,7 +66,7 @@ def export_au_model(model: ExpressionAUModel) -> AUModel:
     AU branch's norm as its final ``norm``, with the same AU head (shared, not copied)."""
     from lgiformer.models import create_model
 
-    args = {k: v for k, v in model.classifier.model_args.items() if k not in ("num_classes", "global_pool")}
+    args = {k: v for k, v in model.classifier.model_args.items() if k not in CLASSIFIER_ARGS}
     encoder = create_model(model.model_name, num_classes=0, global_pool="", **args)
     state = {k: v for k, v in model.classifier.state_dict().items() if not k.startswith(_CLASSIFIER_ONLY)}
     state.update({f"norm.{k}": v for k, v in model.au_norm.state_dict().items()})
