@@ -98,9 +98,9 @@ def test_pretrain_effect_table_and_paired_differences():
     # pretrained - scratch per fold: +10, +20 -> mean +15, sample std 7.1; motion - appearance: +5, 0
     assert "LGI app+motion minus LGI scratch: UAR +15.0 +- 7.1 points over folds 1: +10.0, 2: +20.0" in table
     assert "LGI app+motion minus LGI appearance: UAR +2.5 +- 3.5 points" in table
-    assert sizes(45) == dict(unlabeled=1200, per_class=3, pre_epochs=12, ft_epochs=20)   # the measured point
-    assert sizes(90) == dict(unlabeled=1200, per_class=3, pre_epochs=24, ft_epochs=40)
-    assert sizes(5) == dict(unlabeled=1200, per_class=3, pre_epochs=2, ft_epochs=4)     # floors
+    assert sizes(45) == dict(unlabeled=1200, pre_epochs=12, ft_epochs=20)   # the measured point
+    assert sizes(90) == dict(unlabeled=1200, pre_epochs=24, ft_epochs=40)
+    assert sizes(5) == dict(unlabeled=1200, pre_epochs=2, ft_epochs=4)     # floors
 
 
 def test_au_heads_benchmark_runs_and_reports_f1_and_auc(tmp_path, capsys):
