@@ -7,6 +7,7 @@ the part of the epoch a resumed run has already seen. Per-sample randomness come
 """
 from __future__ import annotations
 
+import gc
 import math
 import random
 from typing import Callable, Iterator
@@ -85,6 +86,10 @@ def build_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last:
     sampler = ResumableDistributedSampler(dataset, world_size, rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
     generator = torch.Generator().manual_seed(seed + rank)
     extra = {"prefetch_factor": prefetch_factor} if prefetch_factor and num_workers > 0 else {}
+    if num_workers > 0:
+        # Forked workers inherit the parent's uncollected garbage; a decord VideoReader freed by the child's GC
+        # aborts the worker (seen in CI: "Fatal Python error: Aborted" in VideoReader.__del__). Free it here first.
+        gc.collect()
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
                       pin_memory=pin_memory, worker_init_fn=seed_worker if num_workers > 0 else None,
                       collate_fn=collate_fn,
