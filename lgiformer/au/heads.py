@@ -32,7 +32,17 @@ Tensor = torch.Tensor
 
 __all__ = ["LinearAUHead", "LabelTokenHead", "CrossAttention", "AttentionDropBlock", "topk_column_sum",
            "FanTransOKDHead", "FanTransInference", "MonetHead", "register_au_head", "build_au_head",
-           "list_au_heads", "sincos_2d"]
+           "list_au_heads", "sincos_2d", "HEAD_NO_DECAY", "head_no_weight_decay"]
+
+
+# Head parameters that get no weight decay (tokens, positional terms, order logits, learned thresholds): several are
+# 2-D, so the optimiser's 1-D rule does not exempt them.
+HEAD_NO_DECAY = ("label_tokens", "pos_embed", "au_pos", "order_logits", "cls_bias", "theta")
+
+
+def head_no_weight_decay(head: nn.Module, prefix: str) -> set[str]:
+    """``prefix + name`` of every parameter of ``head`` that :data:`HEAD_NO_DECAY` exempts."""
+    return {f"{prefix}{name}" for name, _ in head.named_parameters() if name.endswith(HEAD_NO_DECAY)}
 
 
 def _keys_from_grid(tokens: Tensor, grid: Sequence[int], n_special: int, mode: str, keys: str = "local"):
@@ -278,10 +288,6 @@ class LabelTokenHead(nn.Module):
         """U2: the final per-AU bias is ``logit(r_i)``."""
         with torch.no_grad():
             self.cls_bias.copy_(prior_bias(rates))
-
-    def no_weight_decay(self) -> set[str]:
-        """The learned queries and position table: 2-D, so the 1-D no-decay rule does not cover them."""
-        return {"label_tokens"} | ({"pos_embed"} if self.pos_embed is not None else set())
 
     def _classify(self, t: Tensor) -> Tensor:
         if self.variant == "mttc":

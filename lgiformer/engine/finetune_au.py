@@ -48,8 +48,6 @@ _MOKE_KEYS = ("hidden", "dilations", "ca_mode", "unfreeze_norms", "expert_head")
 # ==================================================================================================================
 # model_args that describe a classifier's head, not its encoder: dropped to rebuild the bare encoder.
 CLASSIFIER_ARGS = ("num_classes", "global_pool", "head_args")
-# AU-head parameters that get no weight decay (tokens, positional terms, order logits, learned thresholds).
-HEAD_NO_DECAY = ("label_tokens", "pos_embed", "au_pos", "order_logits", "cls_bias", "theta")
 
 
 def _prefixed(regex: str, prefix: str = r"encoder\.") -> str:
@@ -116,12 +114,11 @@ class AUModel(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
+        from lgiformer.au.heads import head_no_weight_decay
+
         skip = {f"encoder.{k}" for k in (self.encoder.no_weight_decay() if hasattr(self.encoder, "no_weight_decay")
                                          else ())}
-        for name, _ in self.head.named_parameters():
-            if name.endswith(HEAD_NO_DECAY):
-                skip.add(f"head.{name}")
-        return skip
+        return skip | head_no_weight_decay(self.head, "head.")
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:

@@ -12,6 +12,7 @@ State-dict names follow the reference implementation, so its checkpoints load on
 """
 from __future__ import annotations
 
+import inspect
 from typing import Sequence
 
 import torch
@@ -20,6 +21,7 @@ from timm.models import register_model
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from lgiformer.au.heads import LabelTokenHead, head_no_weight_decay
 from lgiformer.layers import Attention, PatchEmbed3d
 from lgiformer.tokens import TokenLayout, sinusoid_table
 
@@ -119,7 +121,7 @@ class LGIFormer(nn.Module):
     # ---- timm-style hooks used by the optimiser and the engine --------------------------------------------------
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {"lg_region_tokens", "pos_embed"} | head_no_weight_decay(self.head)
+        return {"lg_region_tokens", "pos_embed"} | head_no_weight_decay(self.head, "head.")
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
@@ -218,10 +220,6 @@ _LABEL_TOKEN_FIXED = ("embed_dim", "num_aus", "mode", "rates", "num_keys", "pars
 def label_token_args(head_args: dict | None) -> dict:
     """Every argument of the DFER label-token head: the defaults above, then ``head_args``. A key the head does not
     take, or one the model sets itself, is a ValueError naming it and the keys that are accepted."""
-    import inspect
-
-    from lgiformer.au.heads import LabelTokenHead
-
     accepted = [k for k in inspect.signature(LabelTokenHead).parameters if k not in _LABEL_TOKEN_FIXED]
     args = {**LABEL_TOKEN_DEFAULTS, **(head_args or {})}
     unknown = sorted(set(args) - set(accepted))
@@ -241,8 +239,6 @@ def build_head(model: nn.Module, global_pool: str, num_classes: int, head_args: 
             raise ValueError(f"head_args are for global_pool='label_token' (got global_pool={global_pool!r})")
         model.model_args.pop("head_args", None)
         return nn.Linear(model.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
-    from lgiformer.au.heads import LabelTokenHead
-
     args = label_token_args(head_args)
     model.model_args["head_args"] = args
     if num_classes <= 0:
@@ -256,12 +252,6 @@ def reset_head(model: nn.Module, num_classes: int) -> None:
     head_args = model.model_args.get("head_args") if model.global_pool == "label_token" else None
     model.head = build_head(model, model.global_pool, num_classes, head_args)
     model.head.apply(_init_weights)
-
-
-def head_no_weight_decay(head: nn.Module) -> set[str]:
-    """The head's learned queries and position tables (2-D, so timm's 1-D rule does not exempt them)."""
-    names = head.no_weight_decay() if hasattr(head, "no_weight_decay") else ()
-    return {f"head.{n}" for n in names}
 
 
 def label_token_logits(model: nn.Module, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -8,8 +8,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lgiformer.layers import Block, PatchEmbed3d
+from lgiformer.au.heads import head_no_weight_decay
 from lgiformer.models.lgiformer import (_TIMM_FACTORY_KWARGS, _init_weights, build_head, head_input_size,
-                                        head_no_weight_decay, label_token_logits, reset_head)
+                                        label_token_logits, reset_head)
 from lgiformer.tokens import TokenLayout, sinusoid_table
 
 
@@ -65,7 +66,7 @@ class VideoViT(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed"} | head_no_weight_decay(self.head)
+        return {"pos_embed"} | head_no_weight_decay(self.head, "head.")
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:

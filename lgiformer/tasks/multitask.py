@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lgiformer.engine.finetune_au import CLASSIFIER_ARGS, HEAD_NO_DECAY, AUModel, au_probs, prefixed_groups
+from lgiformer.au.heads import head_no_weight_decay
+from lgiformer.engine.finetune_au import CLASSIFIER_ARGS, AUModel, au_probs, prefixed_groups
 
 __all__ = ["ExpressionAUModel", "au_probs", "export_au_model"]
 
@@ -48,7 +49,7 @@ class ExpressionAUModel(nn.Module):
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         skip = {f"classifier.{k}" for k in self.classifier.no_weight_decay()}
-        skip |= {f"au_head.{name}" for name, _ in self.au_head.named_parameters() if name.endswith(HEAD_NO_DECAY)}
+        skip |= head_no_weight_decay(self.au_head, "au_head.")
         return skip
 
     @torch.jit.ignore
