@@ -33,8 +33,13 @@ VIT = ["--model.name", "vit_tiny_patch16_160", "--model.region_size", "null"]
 # all tokens, so it accepts tube masking like the ViT. It separates the effect of the region split (and the
 # region-balanced mask it needs) from the rest of the architecture.
 LGI_ONE_REGION = ["--model.name", "lgiformer_tiny_patch16_160", "--model.region_size", "4,6,6"]
-# The finetuning recipe pools the LGI-Former's region tokens; the ViT takes its own default (mean of all tokens).
-VIT_FINETUNE = ["--model.global_pool", "null"]
+# --recipe demo: finetune/configs/demo.yaml as it was until 2026-12-02, when the study's demo-recipe tables were
+# measured (the demo has since moved to the spatial head): the pooled head (the LGI-Former's region tokens; the ViT
+# its own default, the mean of all tokens), light augmentation, best validation epoch.
+DEMO_FINETUNE = ["--optim.blr", "3.2e-2", "--optim.layer_decay", "0.75", "--data.auto_augment",
+                 "rand-m3-n1-mstd0.5-inc1", "--data.crop_scale", "[0.7, 1.0]", "--data.test_num_crops", "2",
+                 "--data.val_fraction", "0.1", "--eval.select", "best_val"]
+DEMO_POOL = {"lgiformer": ["--model.global_pool", "region"], "vit": ["--model.global_pool", "null"]}
 ARCH = ["--model.img_size", "96", "--model.num_frames", "8", "--model.embed_dim", "128", "--model.depth", "4",
         "--model.num_heads", "4"]
 # --recipe spatial: the head sees each position's features (global_pool spatial) and the recipe it needs: a smaller lr
@@ -108,7 +113,7 @@ def main() -> None:
     # pixels, and even a 3D CNN from scratch generalises far worse (docs/RESULTS.md).
     synthetic = (f"{{unlabeled_clips: {n['unlabeled']}, clips_per_identity: 2, subjects: {a.subjects}, "
                  f"clips_per_class_per_subject: {a.clips_per_class}, face_zoom: {a.face_zoom}, seed: {a.seed}}}")
-    finetune_recipe = SPATIAL_FINETUNE if a.recipe == "spatial" else []
+    finetune_recipe = SPATIAL_FINETUNE if a.recipe == "spatial" else DEMO_FINETUNE
     start = time.time()
     print(f"sizes: {n}; output in {out}", flush=True)
     results: dict[str, dict[int, dict]] = {}
@@ -128,7 +133,7 @@ def main() -> None:
         for fold in folds:
             ft_dir = out / "finetune" / slug / f"fold{fold}"
             if not (ft_dir / "test_metrics.json").is_file():
-                pool = VIT_FINETUNE if encoder is VIT and not finetune_recipe else []
+                pool = DEMO_POOL["vit" if encoder is VIT else "lgiformer"] if a.recipe == "demo" else []
                 run(["finetune/run.py", *encoder, *pool, *finetune_recipe, *ARCH,
                      "--model.pretrained", release, "--data.fold", str(fold),
                      "--data.data_root", str(data), "--data.synthetic", synthetic, "--optim.epochs",

@@ -102,6 +102,18 @@ def test_split_config_arg_and_recipes_load():
     assert load_finetune_config("finetune/configs/ferv39k.yaml", []).data.sampling_rate == 1
 
 
+def test_the_three_demos_share_one_synthetic_set():
+    """Each run regenerates data_root when its synthetic options differ from the set there; demos that disagreed
+    would overwrite each other's data (and the demo release would be pretrained on other videos than README says)."""
+    sets = {(c.data.data_root, tuple(sorted(c.data.synthetic.items()))) for c in (
+        load_pretrain_config("pretrain/configs/demo.yaml", []),
+        load_finetune_config("finetune/configs/demo.yaml", []),
+        load_finetune_config("finetune/configs/au_demo.yaml", []))}
+    assert len(sets) == 1, sets
+    (root, options), = sets
+    assert root == "data/synthetic" and dict(options)["face_zoom"] == 1.6
+
+
 def test_overrides_parse_to_nested_dict():
     assert parse_overrides(["--optim.blr=0.1", "run.seed=3"], FinetuneConfig) == {"optim": {"blr": "0.1"},
                                                                                    "run": {"seed": "3"}}

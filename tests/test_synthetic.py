@@ -187,3 +187,15 @@ def test_face_zoom_scales_the_face_and_zoom_one_changes_nothing():
     assert 1.35 < w2 / w1 < 1.85 and 1.2 < h2 / h1 < 2.0
     with pytest.raises(ValueError, match="face_zoom"):
         syn.SyntheticOptions(face_zoom=5)
+
+
+def test_auto_workers_renders_large_sets_in_parallel_and_small_ones_in_process(monkeypatch):
+    """The runs' large demo set (1120 labeled clips) is rendered on every usable CPU up to 4; a tiny set, or one
+    part of it, stays in the calling process, where spawning workers would cost more than it saves."""
+    demo = dict(subjects=40, clips_per_class_per_subject=4, face_zoom=1.6)
+    monkeypatch.setattr(syn.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert syn.auto_workers(syn.SyntheticOptions(**demo)) == 4
+    assert syn.auto_workers(syn.SyntheticOptions(**demo, parts="au")) == 1          # 1536 frames
+    assert syn.auto_workers(syn.SyntheticOptions(subjects=5, clips_per_class_per_subject=1)) == 1
+    monkeypatch.setattr(syn.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert syn.auto_workers(syn.SyntheticOptions(**demo)) == 2

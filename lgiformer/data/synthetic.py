@@ -38,7 +38,8 @@ from PIL import Image
 log = logging.getLogger(__name__)
 
 __all__ = ["GENERATOR_VERSION", "CLASSES", "AU_NAMES", "SyntheticOptions", "Identity", "ExpressionSpec",
-           "EXPRESSIONS", "render_clip", "generate", "ensure_synthetic", "find_existing", "save_class_strip", "main"]
+           "EXPRESSIONS", "render_clip", "generate", "ensure_synthetic", "auto_workers", "find_existing",
+           "save_class_strip", "main"]
 
 GENERATOR_VERSION = 2                  # 2: labeled/au_labels.csv; mp4 frames converted to YUV in numpy
 CLASSES: Tuple[str, ...] = ("Happy", "Sad", "Neutral", "Angry", "Surprise", "Disgust", "Fear")   # DFEW order
@@ -970,10 +971,26 @@ def find_existing(out_dir: Any, **options: Any) -> Optional[Dict[str, Any]]:
     return None
 
 
-def ensure_synthetic(out_dir: Any, *, workers: int = 1, progress: bool = True, **options: Any) -> Dict[str, Any]:
+# Below this many frames, starting worker processes (each imports the package) costs more than it saves.
+_FRAMES_PER_WORKER = 10_000
+
+
+def auto_workers(opts: SyntheticOptions) -> int:
+    """Processes for ``workers="auto"``: one for small sets, else one per usable CPU (at most 4), so that a run's
+    large demo set (40k frames) does not render on one core while the others wait."""
+    frames = {"unlabeled": opts.num_frames, "labeled": opts.labeled_frames, "au": opts.au_frames}
+    total = sum(n * frames[part] for part, n in _counts(opts).items() if part in opts.parts)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cpus, total // _FRAMES_PER_WORKER))
+
+
+def ensure_synthetic(out_dir: Any, *, workers: int | str = 1, progress: bool = True,
+                     **options: Any) -> Dict[str, Any]:
     """Generate under ``out_dir`` unless a complete set with the same options (and at least the requested parts)
-    is already there; returns the meta dict either way."""
+    is already there; returns the meta dict either way. ``workers="auto"``: see :func:`auto_workers`."""
     opts = SyntheticOptions(**options)
+    if workers == "auto":
+        workers = auto_workers(opts)
     meta = find_existing(out_dir, **options)
     if meta is not None:
         log.info("synthetic data set at %s is up to date (seed %d); skipping generation", out_dir, opts.seed)

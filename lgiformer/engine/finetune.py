@@ -243,7 +243,7 @@ def _run(cfg: FinetuneConfig, env, logger) -> dict[str, Any]:
     root = Path(d.data_root or ("data/synthetic" if spec.synthetic else ""))
     if spec.synthetic:
         if env.is_main:
-            ensure_synthetic(root, **d.synthetic)
+            ensure_synthetic(root, workers="auto", **d.synthetic)
         barrier()
     num_classes = d.num_classes or len(spec.classes)
     class_names = list(spec.classes) if len(spec.classes) == num_classes else [str(i) for i in range(num_classes)]

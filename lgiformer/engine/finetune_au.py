@@ -441,7 +441,7 @@ def run_au(cfg, env, logger) -> Dict[str, Any]:
     root = Path(d.data_root or ("data/synthetic" if spec.synthetic else ""))
     if spec.synthetic:
         if env.is_main:
-            ensure_synthetic(root, **d.synthetic)
+            ensure_synthetic(root, workers="auto", **d.synthetic)
         barrier()
     stride = d.sampling_rate or spec.sampling_rate
     train_list, test_list = _lists(d, spec, root)

@@ -112,7 +112,7 @@ def prepare_data_root(cfg: PretrainDataConfig, is_main: bool) -> tuple[Path, Pat
         if is_main:
             from lgiformer.data import ensure_synthetic
 
-            ensure_synthetic(root, **cfg.synthetic)
+            ensure_synthetic(root, workers="auto", **cfg.synthetic)
         barrier()
     if cfg.list_file:
         list_file = Path(cfg.list_file)
