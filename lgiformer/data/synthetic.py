@@ -989,12 +989,12 @@ def ensure_synthetic(out_dir: Any, *, workers: int | str = 1, progress: bool = T
     """Generate under ``out_dir`` unless a complete set with the same options (and at least the requested parts)
     is already there; returns the meta dict either way. ``workers="auto"``: see :func:`auto_workers`."""
     opts = SyntheticOptions(**options)
-    if workers == "auto":
-        workers = auto_workers(opts)
     meta = find_existing(out_dir, **options)
     if meta is not None:
         log.info("synthetic data set at %s is up to date (seed %d); skipping generation", out_dir, opts.seed)
         return meta
+    if workers == "auto":
+        workers = auto_workers(opts)
     if (Path(out_dir) / "meta.json").is_file():
         log.info("synthetic data set at %s was made with other options; regenerating", out_dir)
     d = opts.to_dict()
