@@ -19,10 +19,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 import yaml
 
+from lgiformer.errors import InputError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A recipe or command-line value that does not fit the config schema."""
 
 
@@ -373,7 +375,8 @@ def config_main(argv: Sequence[str], *, prog: str, doc: str, default_config: str
                 load: Callable[[str | None, list[str]], Any], run: Callable[[Any], Any]) -> int:
     """The body of a ``run.py`` entry point: ``--help`` prints ``doc``; ``--config FILE`` (default
     ``default_config``) plus ``--section.key value`` overrides are loaded by ``load``; a config error is one line on
-    stderr and exit 2 (before any process group or file exists); then ``run(config)``."""
+    stderr and exit 2 (before any process group or file exists); then ``run(config)``, where an
+    :class:`~lgiformer.errors.InputError` (bad data, lists, checkpoints) is also one line and exit 2."""
     if any(a in ("-h", "--help") for a in argv):
         print(doc)
         return 0
@@ -383,5 +386,9 @@ def config_main(argv: Sequence[str], *, prog: str, doc: str, default_config: str
     except ConfigError as err:
         print(f"{prog}: config error: {err}", file=sys.stderr)
         return 2
-    run(cfg)
+    try:
+        run(cfg)
+    except InputError as err:  # bad data, lists or checkpoints found after start-up: one line per process
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
     return 0

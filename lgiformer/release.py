@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -30,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lgiformer.models import create_model
+from lgiformer.models import create_model, model_arguments
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +114,26 @@ def read_release_config(path: str | os.PathLike) -> dict:
 def load_release(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
     """The model stored in a release directory, in eval mode, ready for ``model(clips)``."""
     config = read_release_config(path)
-    model = create_model(config["model_name"], **config["model_args"])
+    model = create_model(config["model_name"], **checked_model_args(config, Path(path) / "config.json"))
     model.load_state_dict(load_file(str(Path(path) / "model.safetensors"), device=str(map_location)), strict=True)
     return model.eval()
+
+
+def checked_model_args(config: Mapping[str, Any], where: str | os.PathLike) -> dict[str, Any]:
+    """``config["model_args"]``, refused unless every key is an argument of the model's constructor: a factory
+    argument such as timm's ``checkpoint_path`` would make building the model load (and unpickle) another file."""
+    name, args = config.get("model_name"), config.get("model_args")
+    if not isinstance(args, Mapping):
+        raise ValueError(f"{where}: model_args must be a mapping of the model's arguments, got {args!r}")
+    try:
+        accepted = model_arguments(str(name))
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    unknown = sorted(set(args) - accepted)
+    if unknown:
+        raise ValueError(f"{where}: model_args {unknown} are not arguments of {name}; refusing to build the model "
+                         f"(accepted: {', '.join(sorted(accepted))})")
+    return dict(args)
 
 
 def release_from_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False
@@ -130,7 +148,7 @@ def release_from_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.Pat
     encoder_sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     if not encoder_sd:
         raise ValueError(f"{ckpt}: no encoder.* weights (is this a pretraining checkpoint?)")
-    encoder = create_model(state["model_name"], **state["model_args"])
+    encoder = create_model(state["model_name"], **checked_model_args(state, ckpt / "COMPLETE.json"))
     training = dict(state.get("summary", {}), epoch=state.get("epoch"), step=state.get("step"))
     return write_release(encoder, out_dir, state_dict=encoder_sd, overwrite=overwrite,
                          source=dict(format="lgiformer-pretrain-checkpoint", file=str(ckpt)), training=training,
@@ -146,7 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = release_from_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite)
+    try:
+        out = release_from_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite)
+    except (OSError, ValueError) as err:  # a missing, unreadable or refused checkpoint: one line, not a traceback
+        print(f"python -m lgiformer.release: error: {err}", file=sys.stderr)
+        return 2
     log.info("release written to %s", out)
     return 0
 

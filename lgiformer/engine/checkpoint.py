@@ -26,6 +26,8 @@ from typing import Any
 import torch
 
 from lgiformer.engine.distributed import barrier
+from lgiformer.interop.safe_load import DEEPSPEED_GLOBALS, check_files, load_checkpoint as load_torch_file
+from lgiformer.interop.safe_load import weights_only_loads
 
 log = logging.getLogger(__name__)
 
@@ -116,13 +118,14 @@ def load_checkpoint(engine, ckpt: str | os.PathLike) -> dict[str, Any]:
     format (``<ckpt>/universal``) and loaded from that, so a preempted job can resume on fewer or more GPUs."""
     ckpt = Path(ckpt)
     state = read_client_state(ckpt)
+    check_files([ckpt], DEEPSPEED_GLOBALS)  # before DeepSpeed unpickles anything (the universal copy included)
     saved_world, world = state.get("world_size"), getattr(engine, "dp_world_size", 1)
     source, loading = ckpt, contextlib.nullcontext()
     if state.get("zero_stage", 0) > 0 and saved_world not in (None, world):
         log.warning("%s was written by %d processes with ZeRO %d, and this run has %d: loading it through "
                     "DeepSpeed's universal checkpoint format", ckpt, saved_world, state["zero_stage"], world)
         source, loading = universal_checkpoint(ckpt), _universal_loading(engine)
-    with loading:
+    with loading, weights_only_loads(DEEPSPEED_GLOBALS):
         path, _ = engine.load_checkpoint(str(source.parent), tag=source.name, load_optimizer_states=True,
                                          load_lr_scheduler_states=False)
     if path is None:
@@ -134,6 +137,7 @@ def universal_checkpoint(ckpt: Path) -> Path:
     """``<ckpt>/universal``: DeepSpeed's universal (process-count independent) copy of a ZeRO checkpoint, written by
     rank 0 on first use into a temporary directory and renamed into place, so a killed conversion is redone."""
     out = ckpt / "universal"
+    check_files([ckpt], DEEPSPEED_GLOBALS)  # the converter unpickles every shard (and a present copy is loaded)
     if (torch.distributed.is_initialized() and torch.distributed.get_rank() != 0) or out.exists():
         barrier()
         return out
@@ -146,8 +150,8 @@ def universal_checkpoint(ckpt: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     args = argparse.Namespace(input_folder=str(ckpt), output_folder=str(tmp), num_extract_workers=1,
                               num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True)
-    with contextlib.redirect_stdout(io.StringIO()):  # the converter prints every step
-        ds_to_universal.main(args)
+    with contextlib.redirect_stdout(io.StringIO()), weights_only_loads(DEEPSPEED_GLOBALS):
+        ds_to_universal.main(args)  # prints every step
     os.replace(tmp, out)
     log.info("universal checkpoint written: %s", out)
     barrier()
@@ -189,10 +193,11 @@ def read_fp32_state_dict(ckpt: str | os.PathLike) -> dict[str, torch.Tensor]:
         files = sorted(ckpt.glob("mp_rank_*_model_states.pt"))
         if not files:
             raise FileNotFoundError(f"{ckpt}: no mp_rank_*_model_states.pt")
-        # our own training checkpoint (not a downloaded file); DeepSpeed stores non-tensor metadata beside it
-        sd = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+        sd = load_torch_file(files[0], extra_globals=DEEPSPEED_GLOBALS)["module"]
     else:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
+        check_files([ckpt], DEEPSPEED_GLOBALS)
+        with weights_only_loads(DEEPSPEED_GLOBALS):
+            sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
     return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}

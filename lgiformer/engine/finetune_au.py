@@ -596,7 +596,10 @@ def load_au_model(run_dir: str | Path) -> tuple[AUModel, Dict]:
 
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "au_config.json").read_text())
-    margs = {k: v for k, v in config["model_args"].items() if k not in CLASSIFIER_ARGS}
+    from lgiformer.release import checked_model_args
+
+    margs = {k: v for k, v in checked_model_args(config, run_dir / "au_config.json").items()
+             if k not in CLASSIFIER_ARGS}
     encoder = create_model(config["model_name"], num_classes=0, global_pool="", **margs)
     acfg = AUConfig(**config["au"])
     num_aus = len(config["au_names"])

@@ -1,6 +1,7 @@
 """Model registry: encoders are registered with timm under timm-style names; ``create_model`` builds them."""
 from __future__ import annotations
 
+import inspect
 from typing import Sequence
 
 import timm
@@ -23,6 +24,14 @@ def create_model(name: str, **kwargs) -> nn.Module:
     return timm.create_model(name, **kwargs)
 
 
+def model_arguments(name: str) -> frozenset[str]:
+    """The constructor arguments of a registered encoder: what a saved ``model_args`` may contain."""
+    if name not in ENCODER_NAMES:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(ENCODER_NAMES)}")
+    cls = LGIFormer if name.startswith("lgiformer") else VideoViT
+    return frozenset(p for p in inspect.signature(cls.__init__).parameters if p != "self")
+
+
 def build_pretrain_model(encoder: str, *, decoder_embed_dim: int = 384, decoder_depth: int = 4,
                          decoder_num_heads: int = 6, mask_type: str = "region_balanced", mask_ratio: float = 0.9,
                          targets: Sequence[str] = ("appearance", "motion"), motion_weight: float = 0.5,
@@ -36,4 +45,4 @@ def build_pretrain_model(encoder: str, *, decoder_embed_dim: int = 384, decoder_
 
 
 __all__ = ["ENCODER_NAMES", "LGIBlock", "LGIFormer", "MaskedVideoAutoencoder", "VideoViT", "build_pretrain_model",
-           "create_model"]
+           "create_model", "model_arguments"]
