@@ -13,7 +13,7 @@ the prior-bias init (U2) and the fold's training occurrence rates. Reported per 
 0.5 (frame-wise, and with the moving mean of ``--smooth-window`` frames), the mean ROC AUC over the AUs (frame-wise,
 threshold-free: it separates heads that all stay below 0.5 on rare AUs), trainable parameters, and inference ms
 per clip (encoder + head, batch 1, median of ``--timing-runs``). Heads: ``linear`` = LayerNorm + Linear on the
-mean-pooled local tokens (the pooled-feature baseline), ``label_token`` (§5), ``fantrans_okd`` (§4), ``monet`` (§6).
+mean-pooled local tokens (pooled-feature baseline), ``label_token``, ``fantrans_okd``, ``monet`` (docs/AU_METHODS.md).
 """
 from __future__ import annotations
 

@@ -274,7 +274,7 @@ def split_config_arg(argv: Sequence[str], default: str | None) -> tuple[str | No
 @dataclasses.dataclass
 class OptimConfig:
     """AdamW with warmup + cosine. The lr actually used is ``blr x total batch / 256`` unless ``lr`` is set; it is
-    logged and saved, because it changes with the number of GPUs (REFERENCE defect 9)."""
+    logged and saved, because it changes with the number of GPUs (docs/REFERENCE.md#defect-9)."""
     blr: float = 3e-4
     lr: float | None = None
     min_blr: float = 1e-5            # the cosine's floor, scaled like blr

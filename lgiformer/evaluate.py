@@ -5,7 +5,7 @@
   averaged over views (:func:`average_views`), as the paper's protocol does. A multi-task DFER + AU model gets
   ``(clips, labels, au, au_valid, indices)`` batches and is also scored per AU, view by view.
 * Determinism: the model runs in eval mode under ``torch.no_grad``; the loader must not shuffle and the dataset's
-  val/test modes sample fixed windows and crops (REFERENCE defect 3: the reference validated on a random window).
+  val/test modes sample fixed windows and crops (docs/REFERENCE.md#defect-3: the reference validated on a random one).
 * Under torch.distributed each rank evaluates its shard; results are gathered and de-duplicated by sample index,
   so a padded DistributedSampler does not count a sample twice.
 * :func:`save_report` writes ``{split}_metrics.json``, ``{split}_predictions.csv`` and ``{split}_confusion.png``

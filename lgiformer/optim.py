@@ -2,7 +2,7 @@
 ``group_matcher``) through timm's helpers.
 
 No weight decay on biases, norms, representative tokens, the mask token and position tables (the reference decayed
-the representative tokens through a name mismatch: REFERENCE defect 2). Layer-wise lr decay for finetuning puts an
+the representative tokens through a name mismatch: docs/REFERENCE.md#defect-2). Layer-wise lr decay for finetuning puts
 ``lr_scale`` in every group; the schedules multiply by it.
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@ the decoder and the pixel targets) goes through :class:`TokenLayout`. The canoni
 *region-major*: tokens are grouped region by region (regions enumerated t-major, then h, then w), and inside a region
 in raster order. Raster order (t, h, w), the order of ``Conv3d(...).flatten(2)``, is only used at the boundary
 (patch embedding in, pixels out, features returned to the user), converted with :meth:`TokenLayout.to_region_major`
-and :meth:`TokenLayout.to_raster`. The reference implementation mixed the two orders (REFERENCE defect 1); here a
+and :meth:`TokenLayout.to_raster`. The reference mixed the two orders (docs/REFERENCE.md#defect-1); here a
 token's index always means the same thing.
 """
 from __future__ import annotations

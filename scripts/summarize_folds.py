@@ -6,7 +6,7 @@
     python scripts/summarize_folds.py --pooled output/finetune_au/bp4d/fold*   # AU runs: per-AU F1 over folds
 
 Expression runs give UAR, WAR and weighted F1 (and the AU head's mean F1 of multi-task runs); AU runs (task au) give
-the mean F1 and one column per AU, and with ``--pooled`` also the F1 of every fold's frames pooled (specs U6).
+the mean F1 and one column per AU; ``--pooled`` adds the F1 of all folds' frames pooled (U6 of docs/AU_METHODS.md).
 
 Each argument is a run directory (or a ``*_metrics.json`` file) written by ``finetune/run.py``. Figures are in %;
 std is the sample standard deviation over folds (n - 1), the usual choice for 5-fold DFER results.

@@ -108,7 +108,7 @@ def test_au_model_heads_param_groups_and_bias_init(head):
     with torch.no_grad():
         out = model(clips)
     assert out["logits"].shape == (2, 3)
-    if head in ("linear", "label_token"):  # U2 on the deterministic heads: zero the classifier, the bias is logit(r)
+    if head in ("linear", "label_token"):  # prior bias on the deterministic heads: zero the classifier, bias = logit(r)
         for name, p in model.head.named_parameters():
             if name in ("fc.weight", "cls_weight"):
                 p.data.zero_()

@@ -1,4 +1,4 @@
-"""AU heads on random encoder tokens: specs/AU_HEADS.md §1.1, T-C1..C4, T-E4, T-B1..B7, T-D1..D5."""
+"""AU heads on random tokens: prediction modes, docs/AU_METHODS.md#test-ids T-C1..C4, T-E4, T-B1..B7, T-D1..D6."""
 import pytest
 import torch
 
@@ -18,7 +18,7 @@ def tokens(b=2, n_special=3, grid=(2, 3, 3), c=C, seed=0):
     return torch.randn(b, n_special + t * h * w, c, generator=g)
 
 
-# ---- §1.1 ---------------------------------------------------------------------------------------------------------
+# ---- prediction modes ---------------------------------------------------------------------------------------------
 def test_split_tokens_removes_special_tokens_before_reshape():
     x = tokens()
     special, grid = split_tokens(x, 3, 2, 3, 3)

@@ -1,4 +1,4 @@
-"""AU losses and target transforms: specs/AU_HEADS.md T-U1..U4, T-A4, T-B6 (KD), T-E1..E3, T-F1..F4."""
+"""AU losses and target transforms: docs/AU_METHODS.md#test-ids T-U1..U4, T-A4, T-B6 (KD), T-E1..E3, T-F1..F4."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""AU metrics and post-processing: specs/AU_HEADS.md U5, U6, T-C5, §1.1 dense mode."""
+"""AU metrics and post-processing: docs/AU_METHODS.md#test-ids U5, U6, T-C5, dense mode."""
 import math
 
 import pytest

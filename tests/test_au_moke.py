@@ -1,4 +1,4 @@
-"""AUFormer MoKE adapters on a frozen encoder: specs/AU_HEADS.md T-A1, T-A2, T-A3, T-A5, §3.4 step 6."""
+"""AUFormer MoKE adapters on a frozen encoder: docs/AU_METHODS.md#test-ids T-A1, T-A2, T-A3, T-A5, special tokens."""
 import copy
 
 import pytest

@@ -23,7 +23,7 @@ def test_summarize_folds(tmp_path):
 
 
 def test_summarize_au_folds_with_pooled_row(tmp_path):
-    """AU runs: per-AU F1 per fold, U6's mean over folds, and the pooled F1 recomputed from the predictions."""
+    """AU runs: per-AU F1 per fold, the mean over folds (U6, docs/AU_METHODS.md), the pooled F1 from the predictions."""
     header = "path,frame,subject,AU1_prob,AU1_pred,AU1_label,AU2_prob,AU2_pred,AU2_label\n"
     folds = {  # AU1: fold 1 TP + FN, fold 2 TP + FP; AU2: fold 1 FP only, fold 2 TP; an unannotated row (-1)
         1: ["v,0,s,0.9,1,1,0.8,1,0", "v,1,s,0.2,0,1,0.1,0,0", "v,2,s,0.9,1,-1,0.1,0,-1"],

@@ -118,7 +118,7 @@ def test_label_token_head_is_one_query_per_class_over_the_local_tokens(name, tmp
     # A pooled classifier can switch to it and back.
     other = create_model(name, num_classes=5, **TINY, **kwargs)
     other.reset_classifier(3, "label_token")
-    assert other(x).shape == (2, 3) and other.model_args["head_args"]["dim"] == 256  # spec §5.5 defaults
+    assert other(x).shape == (2, 3) and other.model_args["head_args"]["dim"] == 256  # AU_METHODS.md defaults
     other.reset_classifier(3, "spatial")
     assert "head_args" not in other.model_args and other(x).shape == (2, 3)
     with pytest.raises(ValueError, match=r"\['size'\] are not settable.*accepted: dim, depth"):
@@ -173,7 +173,7 @@ def test_lgiformer_with_regions_refuses_masks_that_unbalance_them(mask_type):
 
 
 def test_decoder_positions_follow_token_identity():
-    """REFERENCE defect 1: each masked prediction must depend on its own token's decoder position."""
+    """docs/REFERENCE.md#defect-1: each masked prediction must depend on its own token's decoder position."""
     mae = build_pretrain_model("lgiformer_tiny_patch16_160", img_size=32, num_frames=4, embed_dim=32, depth=1,
                                num_heads=2, region_size=(1, 1, 2), decoder_embed_dim=16, decoder_depth=0,
                                decoder_num_heads=2, mask_ratio=0.5).eval()

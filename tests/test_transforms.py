@@ -164,7 +164,7 @@ def test_eval_centre_crop_matches_hand_normalisation():
 @pytest.mark.parametrize("size", [(64, 64), (64, 96), (96, 64)])
 @pytest.mark.parametrize("num_crops", [2, 3])
 def test_multi_crop_views_differ(size, num_crops):
-    """Defect 4 of the reference: its 2 test crops were identical. Square frames included, views differ pairwise;
+    """docs/REFERENCE.md#defect-4: its 2 test crops were identical. Square frames included, views differ pairwise;
     each view is deterministic."""
     clip = _ramp(4, size=size)
     transform = build_transform("test", 48)

@@ -1,5 +1,5 @@
 """Facial action unit (AU) detection on encoder tokens: heads, losses, adapters and metrics
-(specs/AU_HEADS.md). Everything here is a pure module on ``forward_features`` tokens; the training entry point
+(docs/AU_METHODS.md). Everything here is a pure module on ``forward_features`` tokens; the training entry point
 wires them together::
 
     from lgiformer.au import build_au_head, build_au_loss
@@ -34,9 +34,9 @@ __all__ = [
     "BP4D_AUS", "DISFA_AUS", "ABAW_AUS", "UNION_AUS", "DISFA_POSITIVE_INTENSITY",
 ]
 
-# AU sets of the evaluation protocols (specs/AU_HEADS.md §2.1).
+# AU sets of the evaluation protocols (docs/AU_METHODS.md#au-sets).
 BP4D_AUS = (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)
 DISFA_AUS = (1, 2, 4, 6, 9, 12, 25, 26)
 ABAW_AUS = (1, 2, 4, 6, 7, 10, 12, 15, 23, 24, 25, 26)
 UNION_AUS = (1, 2, 4, 6, 7, 9, 10, 12, 14, 15, 17, 23, 24, 25, 26)
-DISFA_POSITIVE_INTENSITY = 2  # intensity >= 2 is positive (§10.2)
+DISFA_POSITIVE_INTENSITY = 2  # intensity >= 2 is positive (docs/AU_METHODS.md#disfa-threshold)

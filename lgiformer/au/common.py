@@ -1,4 +1,4 @@
-"""Encoder adapter (specs/AU_HEADS.md §1.1): split encoder tokens into special tokens and a (t, h, w) grid."""
+"""Encoder adapter (docs/AU_METHODS.md#prediction-modes): special tokens and a (t, h, w) grid out of encoder tokens."""
 from __future__ import annotations
 
 from typing import Sequence, Tuple
@@ -36,5 +36,5 @@ def check_mode(mode: str) -> str:
 
 
 def frame_to_tubelet(frames: Tensor, tubelet: int) -> Tensor:
-    """Image mode (§1.1): repeat single frames ``[B, C, H, W]`` to a clip ``[B, C, tubelet, H, W]`` (so T' = 1)."""
+    """Image mode: single frames ``[B, C, H, W]`` repeated to a clip ``[B, C, tubelet, H, W]`` (so T' = 1)."""
     return frames.unsqueeze(2).expand(-1, -1, tubelet, -1, -1).contiguous()

@@ -1,4 +1,4 @@
-"""AU heads on encoder token features (specs/AU_HEADS.md §1.3, §4, §5, §6, §7.4).
+"""AU heads on encoder token features (docs/AU_METHODS.md#head-and-loss-interface and the heads' sections).
 
 Every head is a pure module on encoder tokens::
 
@@ -9,8 +9,8 @@ Every head is a pure module on encoder tokens::
 
 Heads: ``linear`` (:class:`LinearAUHead`, pooled baseline), ``label_token`` (:class:`LabelTokenHead`, MLT / MTTS),
 ``fantrans_okd`` (:class:`FanTransOKDHead`, with :meth:`FanTransOKDHead.export_for_inference`), ``monet``
-(:class:`MonetHead`). Build by name with :func:`build_au_head`. Every [ENG] choice of the spec is a keyword argument
-with the spec's default.
+(:class:`MonetHead`). Build by name with :func:`build_au_head`. Every [ENG] choice is a keyword argument
+with its documented default.
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def _unflatten_lead(x: Tensor, lead: Sequence[int]) -> Tensor:
 
 
 def sincos_2d(h: int, w: int, dim: int, temperature: float = 10000.0) -> Tensor:
-    """TH eqs. 3.17-3.18: ``PE_{i,j} = concat(PE_i, PE_j)`` with frequencies ``1 / 10000^{4k/d}``; ``[h*w, dim]``."""
+    """2-D sine table ``concat(PE_i, PE_j)``, frequencies ``1 / 10000^{4k/d}`` (docs/AU_METHODS.md#label-token-head)."""
     if dim % 4:
         raise ValueError(f"sincos_2d needs dim divisible by 4, got {dim}")
     k = torch.arange(dim // 4, dtype=torch.float32)
@@ -130,12 +130,12 @@ class LinearAUHead(nn.Module):
 
 
 # ==================================================================================================================
-# Label-token head (§5) with optional face-parsing attention bias (§7.4)
+# Label-token head with optional face-parsing attention bias (docs/AU_METHODS.md#parsing-bias)
 # ==================================================================================================================
 class CrossAttention(nn.Module):
     """Label tokens query patches; returns the output and the attention probabilities ``[B, H, A, n]``.
 
-    With ``parsing_classes = F > 0`` it adds the soft face-parsing bias of TH eqs. 3.35-3.37: class tokens
+    With ``parsing_classes = F > 0`` it adds the soft face-parsing bias of docs/AU_METHODS.md#parsing-bias: class tokens
     ``theta_S [F, d]``, patch embedding ``S_ij = theta_S^T f_ij / |f_ij|``, head tokens ``M theta_S`` (``M [H, F]``,
     at most one class per head; default diagonal over the first ``min(H, F)`` heads) and logits
     ``(q k + lambda_S S_ij . theta_Sh) / sqrt((lambda_S^2 + 1) d / H)`` (every head rescaled)."""
@@ -191,7 +191,7 @@ class CrossAttention(nn.Module):
 
 
 class _LabelDecoderLayer(nn.Module):
-    """MLT eqs. 5-12 (post-LN by default): optional token self-attention, cross-attention to patches, MLP."""
+    """Decoder layer (post-LN by default): optional token self-attention, cross-attention to patches, MLP."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, dropout: float, token_self_attn: bool,
                  norm_style: str, **ca_kwargs) -> None:
@@ -223,7 +223,7 @@ class _LabelDecoderLayer(nn.Module):
 class LabelTokenHead(nn.Module):
     """One learned query token per AU that cross-attends to the encoder's patch tokens (MLT; TH MTTS / MTTC).
 
-    Defaults follow the spec's recommended starting point for a video encoder (§5.5, §9): ``dim=256``, ``depth=2``
+    Defaults (docs/AU_METHODS.md#label-token-defaults), the starting point for a video encoder: ``dim=256``, ``depth=2``
     decoder layers, 8 heads, dropout 0.1, token self-attention off, no patch self-attention layer (N_SA = 0), a
     per-AU classifier (MTTS; ``per_label_classifier=False`` is MLT's shared ``w_p``), no extra position embedding
     (``pos_embed``: "none" | "sincos2d" (TH) | "learned" (MLT; needs ``num_keys``)).
@@ -231,7 +231,7 @@ class LabelTokenHead(nn.Module):
     ``mode``: "clip"/"image" -> ``[B, A]`` over all T'*h*w tokens; "dense" -> ``[B, T', A]``, one query set per slot
     on its h*w tokens. ``keys``: "local" (default) or "all" (special tokens are keys too). ``variant="mttc"`` uses a
     single task token and ``Linear(d, A)``. Returns ``attn`` (last layer) and ``attn_all`` (``[B', L, H, A, n]``,
-    ``B' = B`` or ``B*T'``) for the guidance losses of §7."""
+    ``B' = B`` or ``B*T'``) for the guidance losses (docs/AU_METHODS.md#attention-guidance)."""
 
     def __init__(self, embed_dim: int, num_aus: int, dim: int = 256, depth: int = 2, num_heads: int = 8,
                  mlp_ratio: float = 4.0, dropout: float = 0.1, token_self_attn: bool = False,
@@ -299,7 +299,7 @@ class LabelTokenHead(nn.Module):
     def forward(self, tokens: Tensor, pooled: Optional[Tensor] = None, *, grid: Sequence[int], n_special: int = 0,
                 key_padding_mask: Optional[Tensor] = None, parsing: Optional[Tensor] = None, **_: object) -> Dict:
         """``key_padding_mask``: ``[B', n]`` (True = ignore) over the keys; ``parsing``: ``[B', n, F]`` class
-        fractions per key token (§7.4), ``B' = B`` (clip) or ``B*T'`` (dense)."""
+        fractions per key token (docs/AU_METHODS.md#parsing-bias), ``B' = B`` (clip) or ``B*T'`` (dense)."""
         x, lead = _keys_from_grid(tokens, grid, n_special, self.mode, self.keys)
         x = self.input_norm(self.input_proj(x))
         if self.pos_embed_kind == "learned":
@@ -323,10 +323,10 @@ class LabelTokenHead(nn.Module):
 
 
 # ==================================================================================================================
-# FAN-Trans (§4): learnable attention drop, o2o / o2m classifiers, online KD
+# FAN-Trans (docs/AU_METHODS.md#fan-trans): attention drop, o2o / o2m classifiers, online KD
 # ==================================================================================================================
 class AttentionDropBlock(nn.Module):
-    """Pre-LN ViT block whose attention columns (keys) are multiplied by a learned binary mask ``M`` (FT eq. 2).
+    """Pre-LN ViT block, attention columns (keys) scaled by a learned binary mask ``M`` (AU_METHODS.md#attention-drop).
 
     Parameters are named as :class:`lgiformer.layers.blocks.Block` (``norm1``, ``attn``, ``norm2``, ``mlp``), plus
     ``drop_logits`` (``theta``, ``[1 or H, A]``, init ``theta_init = +3``: every key open). Forward uses
@@ -392,13 +392,13 @@ class AttentionDropBlock(nn.Module):
 
 
 def topk_column_sum(scores: Tensor, k: int = 2) -> Tensor:
-    """C_o2m (FT eqs. 5-6, erratum §10.4): ``scores [B, A_tokens, A]`` (row j = token j voting for every AU) ->
+    """C_o2m (docs/AU_METHODS.md#o2o-and-o2m): ``scores [B, A_tokens, A]`` (row j = token j voting for every AU) ->
     ``[B, A]``, the sum of the k largest entries of each column. k = A gives column sums, k = 1 column maxima."""
     return scores.topk(min(k, scores.shape[1]), dim=1).values.sum(1)
 
 
 class _FanTransTrunk(nn.Module):
-    """Shared per-AU token construction (FT eq. 1): optional projection C -> D, token-axis mix ``W_au [N_p, A]``
+    """Shared per-AU token construction: optional projection C -> D, token-axis mix ``W_au [N_p, A]``
     and a learned ``[A, D]`` AU position embedding."""
 
     def __init__(self, embed_dim: int, num_aus: int, dim: int, num_patches: int, project: bool) -> None:
@@ -418,7 +418,7 @@ class _FanTransTrunk(nn.Module):
 
 
 class _Branch(nn.Module):
-    """A stack of attention-drop blocks plus a classifier: "o2o" (shared ``w_o``, FT eq. 4) or "o2m" (prototype
+    """A stack of attention-drop blocks plus a classifier: "o2o" (shared ``w_o``, FT) or "o2m" (prototype
     matrix ``W_m [D, A]`` + top-k column sums; a per-AU bias [ENG] is added after the top-k for U2)."""
 
     def __init__(self, kind: str, dim: int, num_aus: int, depth: int, num_heads: int, mlp_ratio: float, k: int,
@@ -443,7 +443,7 @@ class _Branch(nn.Module):
 
 
 class _EnsembleGate(nn.Module):
-    """FT §4.5 gate on F_c: path a = mean-pooled tokens -> Linear; path b = depthwise 3x3 conv on the (h, w) grid ->
+    """FT gate on F_c (docs/AU_METHODS.md#online-kd): path a = mean tokens -> Linear; path b = depthwise 3x3 conv ->
     mean pool -> Linear [ENG]; concat -> FC -> ``[B, 2, A]`` -> softmax over the 2."""
 
     def __init__(self, dim: int, num_aus: int, hidden: Optional[int] = None) -> None:
@@ -465,7 +465,7 @@ class _EnsembleGate(nn.Module):
 
 
 class FanTransOKDHead(nn.Module):
-    """FAN-Trans heads with online KD (§4): shared per-AU tokens, branch T1 (o2o) and T2 (o2m, top-k = 2), an
+    """FAN-Trans heads with online KD (docs/AU_METHODS.md#fan-trans): shared per-AU tokens, T1 (o2o) and T2 (o2m), an
     ensemble gate and teacher ``P_t = W_1 P_o + W_2 P_m`` (logit mixing [ENG]).
 
     ``forward`` returns ``logits = P_m`` (the deployed branch) and ``aux = {"o2o": P_o, "o2m": P_m, "teacher": P_t,
@@ -510,7 +510,7 @@ class FanTransOKDHead(nn.Module):
         return {"logits": _unflatten_lead(p_m, lead), "aux": {k: _unflatten_lead(v, lead) for k, v in aux.items()}}
 
     def export_for_inference(self) -> "FanTransInference":
-        """A copy holding the trunk and T2 (o2m) only, in eval mode with hard attention masks (§4.7)."""
+        """The trunk and T2 (o2m) only, in eval mode, hard masks (docs/AU_METHODS.md#fan-trans-deployment)."""
         return FanTransInference(copy.deepcopy(self.trunk), copy.deepcopy(self.t2), self.mode).eval()
 
 
@@ -531,10 +531,10 @@ class FanTransInference(nn.Module):
 
 
 # ==================================================================================================================
-# MONET (§6): a softmax mixture over M fixed task orders of a chain of per-AU GRU cells
+# MONET (docs/AU_METHODS.md#monet): a softmax mixture over M fixed task orders of a chain of per-AU GRU cells
 # ==================================================================================================================
 class MonetHead(nn.Module):
-    """Multi-order network head (TH ch. 2). ``mode="dense"`` runs the chain per temporal slot on the slot's mean
+    """Multi-order network head (docs/AU_METHODS.md#monet). ``mode="dense"`` runs the chain per slot on the slot's mean
     token (``aux`` then has ``B*T'`` rows; :class:`lgiformer.au.losses.MonetLoss` flattens ``y`` to match).
 
     ``h0 = Linear(C, H)(pooled)``; task cell i is a GRU cell (input = previous task's label, ``y^0 = 0``) plus
@@ -546,7 +546,7 @@ class MonetHead(nn.Module):
     (one subset for the batch, or per example with ``per_example_dropout``), ``pi~`` renormalised over them. Returns
     ``aux = {"order_logits": [B, K, A] (AU-indexed), "order_log_weights": [K] or [B, K]}`` for
     :class:`lgiformer.au.losses.MonetLoss`, and ``logits`` = logit of the ``pi~``-mixture of teacher-forced
-    probabilities. Inference (Algorithm 2): sample ``num_sampled_orders = R`` orders from ``pi``, ``num_rollouts = L``
+    probabilities. Inference: sample ``num_sampled_orders = R`` orders from ``pi``, ``num_rollouts = L``
     Bernoulli trajectories each, average the probabilities; ``mean_field=True`` [ENG] takes the argmax order and feeds
     ``p`` instead of samples. ``label_embedding="three_way"`` [ENG] feeds a one-hot {start, 0, 1} input.
     Order warm-up: :meth:`set_order_warmup` freezes ``u``; :meth:`param_groups` gives it its own lr."""
@@ -606,13 +606,13 @@ class MonetHead(nn.Module):
             self.out_b.copy_(prior_bias(rates))
 
     def set_order_warmup(self, active: bool) -> None:
-        """Order warm-up (§6.4): while active, ``u`` gets no gradient, so the optimiser leaves it unchanged."""
+        """Order warm-up (AU_METHODS.md#monet-training): while active, ``u`` gets no gradient and stays unchanged."""
         self.order_logits.requires_grad_(not active)
         if active:
             self.order_logits.grad = None
 
     def param_groups(self, lr: float = 1e-4, weight_decay: float = 1e-4, order_lr: float = 5e-3) -> list[dict]:
-        """Two groups as in TH §2.5.3: the order selector (``u``; Adam, constant lr, no decay) and the rest."""
+        """Two groups (AU_METHODS.md#monet-training): order selector ``u`` (Adam, constant lr, no decay), the rest."""
         rest = [p for n, p in self.named_parameters() if n != "order_logits"]
         return [dict(params=rest, lr=lr, weight_decay=weight_decay),
                 dict(params=[self.order_logits], lr=order_lr, weight_decay=0.0, name="monet_orders")]
@@ -705,7 +705,7 @@ class MonetHead(nn.Module):
         return {"logits": torch.logit(probs.clamp(1e-6, 1 - 1e-6)), "probs": probs, "aux": {}}
 
     def predict_proba(self, h0: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
-        """Algorithm 2 (TH eq. 2.36): mean of the per-AU probabilities over ``R * L`` sampled rollouts."""
+        """docs/AU_METHODS.md#monet-inference: mean of the per-AU probabilities over ``R * L`` sampled rollouts."""
         if self.mean_field:
             best = self.order_logits.argmax().view(1)
             return torch.sigmoid(self.unroll(h0, self.orders[best], feed="mean")).mean(1)

@@ -1,8 +1,8 @@
-"""AU label helpers (specs/AU_HEADS.md §1.2 U3, §2.1): validity masks and dataset unions.
+"""AU label helpers (docs/AU_METHODS.md#u3-masked-bce): validity masks and dataset unions.
 
 * :func:`labels_and_validity`: raw label codes (e.g. Aff-Wild2 ``-1`` = not annotated) -> ``(y, v)``.
-* :func:`binarize_intensity`: DISFA intensities 0-5 -> binary labels, positive at ``>= 2`` (§10.2).
-* :func:`union_validity`: training on a union of datasets (MLT §4.3): ``v = 0`` for every AU of the union that the
+* :func:`binarize_intensity`: DISFA intensities 0-5 -> binary labels, positive at >= 2 (AU_METHODS.md#disfa-threshold).
+* :func:`union_validity`: training on a union of datasets (MLT's rule): ``v = 0`` for every AU of the union that the
   sample's source dataset does not annotate.
 """
 from __future__ import annotations

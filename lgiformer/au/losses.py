@@ -1,7 +1,7 @@
 """AU losses, occurrence-based weights and target transforms.
 
-specs/AU_HEADS.md §1.2 (U1-U4), §3.6-3.8 (MDWA, WDI), §4.5 (online KD), §6.3 (MONET), §7 (guidance),
-§8 (smoothing).
+docs/AU_METHODS.md#shared-rules-u1-u6 (U1-U4) and its sections on MDWA / WDI, online KD, the MONET loss, attention
+guidance and label smoothing.
 
 Functional forms first (pure tensor functions, easy to test), then the ``AULoss`` modules used by the training code::
 
@@ -58,7 +58,7 @@ def inverse_frequency_weights(rates: Tensor, max_weight: Optional[float] = None,
 
 
 def prior_bias(rates: Tensor, eps: float = _RATE_EPS) -> Tensor:
-    """U2 (TH eq. 2.38): ``b_i = log(r_i / (1 - r_i))`` so that ``sigmoid(b_i) == r_i`` at step 0."""
+    """U2: ``b_i = log(r_i / (1 - r_i))`` so that ``sigmoid(b_i) == r_i`` at step 0."""
     r = torch.as_tensor(rates, dtype=torch.float64).clamp(eps, 1.0 - eps)
     return torch.log(r / (1.0 - r)).float()
 
@@ -98,7 +98,7 @@ def masked_weighted_bce(logits: Tensor, target: Tensor, valid: Optional[Tensor] 
 
 def weighted_dice(logits: Tensor, target: Tensor, valid: Optional[Tensor] = None, weight: Optional[Tensor] = None,
                   eps: float = 1.0, reduction: str = "per_sample") -> Tensor:
-    """U4 (TH eq. 2.40): ``1/|B| sum_b sum_i v w (1 - (2yp + eps) / (y^2 + p^2 + eps))``.
+    """U4: ``1/|B| sum_b sum_i v w (1 - (2yp + eps) / (y^2 + p^2 + eps))``.
 
     ``reduction="batch"`` [ENG] sums over the samples inside the ratio (one ratio per AU). ``|B|`` counts every
     leading position (B, or B*T' in dense mode)."""
@@ -119,7 +119,7 @@ def weighted_dice(logits: Tensor, target: Tensor, valid: Optional[Tensor] = None
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# MDWA (AUFormer, §3.6)
+# MDWA (AUFormer, docs/AU_METHODS.md#mdwa-and-wdi)
 # ------------------------------------------------------------------------------------------------------------------
 def mdwa_gamma(rates: Optional[Tensor], b_l: float = 1.0, b_r: float = 2.0, num_aus: Optional[int] = None) -> Tensor:
     """Per-AU focusing exponent ``gamma_i = B_L + (B_R - B_L)(r_max - r_i)/(r_max - r_min)`` [ENG form]: the rarest AU
@@ -164,7 +164,7 @@ def mdwa_loss(logits: Tensor, target: Tensor, valid: Optional[Tensor] = None, we
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Online KD (FAN-Trans, §4.5)
+# Online KD (FAN-Trans, docs/AU_METHODS.md#online-kd)
 # ------------------------------------------------------------------------------------------------------------------
 def bernoulli_kd(student_logits: Tensor, teacher_logits: Tensor, valid: Optional[Tensor] = None,
                  detach_teacher: bool = True) -> Tensor:
@@ -178,20 +178,20 @@ def bernoulli_kd(student_logits: Tensor, teacher_logits: Tensor, valid: Optional
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# §8: label smoothing targets (VLS, VALS, RHLS) and dense slot targets (§1.1)
+# Label smoothing targets (VLS, VALS, RHLS; docs/AU_METHODS.md#label-smoothing) and dense slot targets
 # ------------------------------------------------------------------------------------------------------------------
 _CONVENTIONS = ("halved", "literal")
 
 
 def vls_targets(y: Tensor, alpha: float = 0.1) -> Tensor:
-    """VLS (TH eq. 4.6): ``(1 - alpha) y + alpha / 2``."""
+    """VLS: ``(1 - alpha) y + alpha / 2``."""
     return (1.0 - alpha) * y + alpha / 2.0
 
 
 def vals_targets(y: Tensor, alpha_pos: float | Tensor = 0.0, alpha_neg: float | Tensor = 0.5,
                  convention: str = "halved") -> Tensor:
     """VALS. ``halved`` (default, consistent with the derivation and with VLS): ``y(1 - a+/2) + (1 - y) a-/2``;
-    ``literal`` (TH eqs. 4.10/4.12 as printed): ``y(1 - a+) + (1 - y) a-``."""
+    ``literal`` (as TH printed it, docs/AU_METHODS.md#smoothing-convention): ``y(1 - a+) + (1 - y) a-``."""
     if convention not in _CONVENTIONS:
         raise ValueError(f"ls_convention must be one of {_CONVENTIONS}, got {convention!r}")
     s = 0.5 if convention == "halved" else 1.0
@@ -202,7 +202,7 @@ def vals_targets(y: Tensor, alpha_pos: float | Tensor = 0.0, alpha_neg: float | 
 
 
 def rhls_alphas(rates: Tensor, beta: float = 0.25) -> tuple[Tensor, Tensor]:
-    """RHLS (TH eqs. 4.11-4.12): ``(alpha_+, alpha_-)`` per AU; only the majority class is smoothed."""
+    """RHLS (docs/AU_METHODS.md#label-smoothing): ``(alpha_+, alpha_-)`` per AU; only the majority class is smoothed."""
     f = torch.as_tensor(rates, dtype=torch.float32).clamp(_RATE_EPS, 1.0 - _RATE_EPS)
     a_neg = beta * torch.clamp((1.0 - 2.0 * f) / (1.0 - f), min=0.0)
     a_pos = beta * torch.clamp((2.0 * f - 1.0) / f, min=0.0)
@@ -225,7 +225,7 @@ class VLS:
 
 
 class VALS:
-    """Target transform: asymmetric smoothing, defaults from TH §4.3 (alpha_+ = 0, alpha_- = 0.5, halved)."""
+    """Asymmetric smoothing (AU_METHODS.md#label-smoothing), TH's defaults: alpha_+ = 0, alpha_- = 0.5, halved."""
 
     def __init__(self, alpha_pos: float = 0.0, alpha_neg: float = 0.5, ls_convention: str = "halved") -> None:
         if ls_convention not in _CONVENTIONS:
@@ -251,7 +251,7 @@ class RHLS:
 
 def slot_targets(frame_labels: Tensor, tubelet: int, rule: str = "first",
                  frame_valid: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-    """Dense-mode targets (§1.1): frame labels ``[B, T, A]`` -> slot labels ``[B, T // tubelet, A]`` and validity.
+    """Dense-mode targets (AU_METHODS.md#prediction-modes): labels ``[B, T, A]`` -> ``[B, T // tubelet, A]``, validity.
 
     ``first``: the slot's first frame; ``any``: positive if any frame is; ``majority``: positive if more than half
     of the slot's valid frames are. A slot is valid if its first frame is (``first``) or any of its frames is."""
@@ -271,11 +271,11 @@ def slot_targets(frame_labels: Tensor, tubelet: int, rule: str = "first",
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# §7: landmark prior heatmaps, PAtteL and H2P
+# Attention guidance (docs/AU_METHODS.md#attention-guidance): landmark prior heatmaps, PAtteL and H2P
 # ------------------------------------------------------------------------------------------------------------------
 def prior_heatmaps(centres: Tensor, grid: Sequence[int], image_size: Sequence[int], sigma: float = 1.0,
                    centre_mask: Optional[Tensor] = None, cell_offset: float = 0.5) -> Tensor:
-    """TH eqs. 3.29-3.30. ``centres``: ``[..., P, K, 2]`` pixel coordinates (row, col) of the K centres of each
+    """docs/AU_METHODS.md#landmark-priors. ``centres``: ``[..., P, K, 2]`` pixels (row, col) of the K centres of each
     prior (mono-prior: one prior with every landmark; multi-prior: one prior per AU centre). Returns
     ``[..., P, h * w]`` heatmaps summing to 1: ``h_ij ∝ sum_k exp(-|c~_k - (i, j)|^2 / sigma^2)`` with
     ``c~ = c * [h/H, w/W]``. Grid cell (i, j) sits at ``(i + cell_offset, j + cell_offset)`` in grid units [ENG]
@@ -298,7 +298,7 @@ def prior_heatmaps(centres: Tensor, grid: Sequence[int], image_size: Sequence[in
 
 def pattel_loss(attn: Tensor, prior: Tensor, f: float = 0.25, valid: Optional[Tensor] = None,
                 eps: float = 1e-12) -> Tensor:
-    """PAtteL (TH eqs. 3.31-3.32): cross-entropy between the prior ``h^t`` (``[B, A, n]`` or ``[B, 1, n]`` for a
+    """PAtteL (docs/AU_METHODS.md#pattel): cross-entropy between the prior ``h^t`` (``[B, A, n]`` or ``[B, 1, n]`` for a
     mono-prior) and the mean attention of the first ``floor(f * H)`` heads (``attn``: probabilities ``[B, H, A, n]``
     with flattened positions, or ``[B, L, H, A, n]`` for several layers, then the loss is averaged over layers
     [ENG]). Summed over AUs and positions, averaged over the batch; ``valid`` (``[B, A]``) drops AUs."""
@@ -324,7 +324,7 @@ def default_h2p_assignment(num_heads: int, num_priors: int) -> Tensor:
 
 def h2p_loss(attn: Tensor, priors: Tensor, assignment: Optional[Tensor] = None, valid: Optional[Tensor] = None,
              eps: float = 1e-12) -> Tensor:
-    """H2P (TH eqs. 3.33-3.34). ``attn``: probabilities ``[B, H, A, n]`` (or ``[B, L, H, A, n]``, averaged over
+    """H2P (docs/AU_METHODS.md#h2p). ``attn``: probabilities ``[B, H, A, n]`` (or ``[B, L, H, A, n]``, averaged over
     layers); ``priors``: ``[B, P, n]``; ``assignment``: ``M in {0,1}^{H x P}``. Per AU token t:
     ``(1/H) sum_h sum_p M_hp / sum_p' M_hp' CE(h_p, A^t_h)``; summed over t, averaged over the batch. Heads with an
     empty row of M contribute 0 (and receive no gradient)."""
@@ -355,7 +355,7 @@ def _buffer(module: nn.Module, name: str, value: Optional[Tensor]) -> None:
 
 
 class _AULoss(nn.Module):
-    """Shared plumbing: optional target transform (§8, applied before the loss) and per-AU weights (U1)."""
+    """Shared plumbing: target transform (AU_METHODS.md#label-smoothing; before the loss) and per-AU weights (U1)."""
 
     def __init__(self, rates: Optional[Tensor] = None, au_weighting: str = "none", max_weight: Optional[float] = None,
                  target_transform: Optional[Callable[[Tensor], Tensor]] = None) -> None:
@@ -392,7 +392,7 @@ class WeightedBCELoss(_AULoss):
 
 
 class DiceLoss(_AULoss):
-    """U4 weighted Dice on its own (AUFormer's WDI, §3.7, with ``au_weighting="inverse_freq"``)."""
+    """U4 weighted Dice alone (AUFormer's WDI, AU_METHODS.md#mdwa-and-wdi, with ``au_weighting="inverse_freq"``)."""
 
     def __init__(self, rates: Optional[Tensor] = None, au_weighting: str = "none", max_weight: Optional[float] = None,
                  eps: float = 1.0, reduction: str = "per_sample",
@@ -406,7 +406,7 @@ class DiceLoss(_AULoss):
 
 
 class MDWALoss(_AULoss):
-    """AUFormer loss (§3.8): ``MDWA(main) + wdi_weight * WDI(main) + expert_weight * mean_i MDWA'(expert i)``.
+    """AUFormer loss: ``MDWA(main) + wdi_weight * WDI(main) + expert_weight * mean_i MDWA'(expert i)``.
 
     Expert logits come from ``out["aux"]["experts"]``: ``[B, A]`` (expert i predicts AU i, ``expert_head="own_au"``)
     or ``[B, A, A]`` (``all_aus``: expert i predicts every AU). Without experts in ``out`` the expert term is skipped.
@@ -467,7 +467,7 @@ class BernoulliKDLoss(nn.Module):
 
 
 class OKDLoss(_AULoss):
-    """FAN-Trans eq. 10: ``sum_{s in o, m, t} WBCE(P_s) + kd_weight * sum_{s in o, m} KL(P_t || P_s)``, kd_weight 0.2
+    """OKD loss (AU_METHODS.md#online-kd): ``sum_{o,m,t} WBCE(P_s) + kd_weight sum_{o,m} KL(P_t || P_s)``, kd_weight 0.2
     [FT]. Reads ``out["aux"]`` = {"o2o", "o2m", "teacher"} from :class:`lgiformer.au.heads.FanTransOKDHead`."""
 
     def __init__(self, rates: Optional[Tensor] = None, au_weighting: str = "inverse_freq",
@@ -491,7 +491,7 @@ class OKDLoss(_AULoss):
 
 
 class MonetLoss(_AULoss):
-    """MONET mixture NLL (TH eqs. 2.27-2.28, 2.39-2.40), computed with logsumexp.
+    """MONET mixture NLL (docs/AU_METHODS.md#monet-loss), computed with logsumexp.
 
     Reads ``out["aux"]["order_logits"]`` (``[B, K, A]``, teacher-forced logits of the K unrolled orders, AU-indexed)
     and ``out["aux"]["order_log_weights"]`` (``[K]`` or ``[B, K]``, ``log pi~``; ``-inf`` = dropped). Per order:
@@ -593,7 +593,7 @@ def build_au_loss(name: str, **cfg) -> nn.Module:
 
 
 def build_target_transform(name: str, **cfg):
-    """``"vls"``, ``"vals"`` or ``"rhls"`` (training-only target transforms, §8); ``"none"`` returns None."""
+    """``"vls"``, ``"vals"`` or ``"rhls"`` (training-only, AU_METHODS.md#label-smoothing); ``"none"`` returns None."""
     if name == "none":
         return None
     if name not in _TRANSFORMS:

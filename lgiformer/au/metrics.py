@@ -1,4 +1,4 @@
-"""AU evaluation (specs/AU_HEADS.md U5, U6, §1.1 dense mode, §5.6): per-AU F1, fold and cross-fold summaries,
+"""AU evaluation (docs/AU_METHODS.md#evaluation-protocols, U5, U6): per-AU F1, fold and cross-fold summaries,
 slot-to-frame expansion and the temporal moving mean of per-frame probabilities.
 
 Everything works on CPU tensors or numpy arrays (``[N, A]`` probabilities or {0, 1} predictions, ``[N, A]``
@@ -95,7 +95,7 @@ def cross_fold_f1(folds: Sequence[Tuple], pooling: str = "mean_of_folds", thresh
 
 
 def moving_average(probs, window: int = 20, mode: str = "centred") -> Tensor:
-    """§5.6: moving mean of per-frame probabilities along the first axis (``[T]`` or ``[T, A]``), length kept.
+    """Moving mean (AU_METHODS.md#moving-mean) of per-frame probabilities along the first axis (``[T]`` or ``[T, A]``).
 
     ``centred`` [ENG]: frame t averages frames ``[t - window//2, t + (window - 1) - window//2]``, shrinking at the
     sequence edges (even windows lean one frame to the past). ``causal``: frames ``[t - window + 1, t]``."""
@@ -137,7 +137,7 @@ def smooth_by_video(probs, video_ids: Sequence, window: int = 20, mode: str = "c
 
 
 def slots_to_frames(slot_probs, tubelet: int, num_frames: Optional[int] = None) -> Tensor:
-    """Dense mode at test time (§1.1): repeat each slot's probabilities ``[..., T', A]`` over its ``tubelet``
+    """Dense mode at test (AU_METHODS.md#prediction-modes): repeat each slot's ``[..., T', A]`` over its ``tubelet``
     frames -> ``[..., T'*tubelet, A]``, cut to ``num_frames`` if given."""
     x = _t(slot_probs)
     out = x.repeat_interleave(tubelet, dim=-2)

@@ -1,4 +1,4 @@
-"""AUFormer MoKE adapters on a frozen encoder (specs/AU_HEADS.md §3.3-3.5, §3.11).
+"""AUFormer MoKE adapters on a frozen encoder (docs/AU_METHODS.md#moke-adapters).
 
 :func:`attach_moke` freezes an encoder and replaces each ``encoder.blocks[l]`` by a :class:`MoKEBlock` that calls
 the block's own (frozen) ``norm1 / attn / norm2 / mlp`` and adds two groups of A "Mixture-of-Knowledge Experts"
@@ -43,7 +43,7 @@ __all__ = ["MoKEGroup", "MoKEState", "MoKEBlock", "MoKELGIBlock", "attach_moke",
 class MoKEGroup(nn.Module):
     """A group of ``num_experts`` MoKE operators ``C -> C`` with hidden width ``hidden`` (c, default 8).
 
-    Input and output ``[N, E, C, h, w]`` (expert e reads its own input). Internals (§3.4): stem ``GELU(1x1 C->c)``
+    Input and output ``[N, E, C, h, w]`` (expert e reads its own input). Internals: stem ``GELU(1x1 C->c)``
     then ``3x3 c->c`` gives ``M''``; MRF = ``1x1 (3c->c)`` over 3x3 convs with dilations (1, 3, 5); CA = 3x3
     local context attention (``ca_mode="channelwise"``: per-channel softmax over the 9 neighbours of ``Q_u * K_v``;
     ``"dot"``: one score ``<Q_u, K_v>/sqrt(c)`` per neighbour); output ``1x1 (c->C)`` of ``GELU(M'' + MRF + CA)``,
@@ -118,7 +118,7 @@ class MoKEState:
 
 
 class MoKEBlock(nn.Module):
-    """A frozen ViT block plus its two MoKE groups (§3.3). ``index`` 0 starts the expert streams at zero."""
+    """A frozen ViT block and its two MoKE groups (AU_METHODS.md#moke-wiring). ``index`` 0 starts the expert streams."""
 
     def __init__(self, block: nn.Module, index: int, state: MoKEState, dim: int, num_experts: int,
                  grid: Sequence[int], n_special: int, **group_kwargs) -> None:
@@ -179,7 +179,7 @@ def _check_block(block: nn.Module, encoder: nn.Module) -> str:
 
 
 class MoKELGIBlock(MoKEBlock):
-    """MoKE around an LGI-Former block (``s [B, R, 1+M, C] -> s``) [ENG adaptation of §3.3]: the block's local,
+    """MoKE around an LGI-Former block (``s [B, R, 1+M, C] -> s``) [ENG, AU_METHODS.md#moke-wiring]: the block's local,
     global and local-global attentions form the "MHSA" part (its input norm ``first_attn_norm0`` plays LN1), its
     FFN the "MLP" part. Expert streams live in token layout (R representative tokens first, then the local tokens
     in raster order, as ``forward_features`` returns them), so the 2-D operators see the real (h, w) grid; their

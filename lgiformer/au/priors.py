@@ -1,6 +1,6 @@
-"""Landmark-based AU centres and prior layouts for attention guidance (specs/AU_HEADS.md §7.1).
+"""Landmark-based AU centres and prior layouts for attention guidance (docs/AU_METHODS.md#landmark-priors).
 
-:func:`au_centres_68` turns 68-point (iBUG / 300-W order) landmarks into the AU centres of TH Table 3.2 (after
+:func:`au_centres_68` turns 68-point (iBUG / 300-W order) landmarks into the AU centres of that section's table (after
 JAA-Net): two centres per AU, one per face side, in (row, col) pixel coordinates ready for
 :func:`lgiformer.au.losses.prior_heatmaps`. "scale" is the distance between the inner eye corners; "above" / "below"
 are along the image rows, so faces should be roughly upright (aligned crops). The landmark indices chosen for each
@@ -74,7 +74,7 @@ def unique_centres(aus: Sequence[int]) -> Tuple[list, list]:
 
 
 def slot_priors(frame_priors: Tensor, tubelet: int) -> Tensor:
-    """Per-frame heatmaps ``[B, T, P, n]`` -> per-slot ``[B, T // tubelet, P, n]`` (mean over each tubelet, §7)."""
+    """Per-frame heatmaps ``[B, T, P, n]`` -> per-slot ``[B, T // tubelet, P, n]`` (mean over each tubelet)."""
     b, t, p, n = frame_priors.shape
     if t % tubelet:
         raise ValueError(f"{t} frames are not divisible by the tubelet length {tubelet}")

@@ -2,7 +2,7 @@
 
 Robustness: a corrupt, missing or too-short video is logged once (per path and process), counted, and replaced by
 another sample chosen from (seed, epoch, index, attempt); after ``max_retries`` replacements in a row the error is
-raised (no silent recursion: REFERENCE defect 8). Counts live in shared memory, so they are right with DataLoader
+raised (no silent recursion: docs/REFERENCE.md#defect-8). Counts live in shared memory, so they are right with loader
 workers; the loop reports them per epoch and stops when the bad fraction passes a threshold
 (:meth:`BadSampleCounter.check`).
 
@@ -480,7 +480,7 @@ class AUVideoDataset(RobustVideoDataset):
 
 def split_validation(samples: Sequence[VideoSample], fraction: float = 0.1, seed: int = 0
                      ) -> tuple[list[VideoSample], list[VideoSample]]:
-    """(train, validation) out of a TRAINING list (never the test list: REFERENCE defect 3): about ``fraction`` of
+    """(train, validation) out of a TRAINING list (not the test list: docs/REFERENCE.md#defect-3): about ``fraction`` of
     each label, chosen with a fixed seed; each label keeps at least one training sample and, when it has two or
     more, gives at least one to validation. Order within each part is the list order."""
     samples = list(samples)

@@ -1,7 +1,7 @@
 """Temporal sampling: which frame indices make a clip.
 
 Train windows are random; validation takes the deterministic centre window (the reference sampled validation
-clips at random: REFERENCE defect 3); test takes N evenly spaced windows. Short videos are padded by repeating
+clips at random: docs/REFERENCE.md#defect-3); test takes N evenly spaced windows. Short videos are padded by repeating
 the last frame. Every function returns an int array of frame indices in ``[0, num_available)``.
 """
 from __future__ import annotations

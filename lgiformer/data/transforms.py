@@ -237,7 +237,7 @@ class EvalTransform:
     ``input_size`` at position ``crop_index`` of ``num_crops``.
 
     The reference squashed frames to 160 x 160 before "cropping" 160 x 160, so its two test crops were the same
-    image (REFERENCE defect 4). Here one crop (validation) is the centre crop of the short side resized to
+    image (docs/REFERENCE.md#defect-4). Here one crop (validation) is the centre crop of the short side resized to
     ``input_size``, i.e. the whole face of a square frame. With several crops the short side is resized to
     ``short_side_size``, by default ``round(1.15 * input_size)`` (184 for 160: 24 px of room, while a face still
     fills 87% of the view, close to the training crops), and the crops are spread evenly from one end to the other

@@ -1,7 +1,7 @@
 """Finetuning and evaluation (DFER classification) behind ``finetune/run.py``: the config schema and the run.
 
 One run = one dataset fold: train on the fold's training list minus a held-out validation part (the reference
-validated on the test set: REFERENCE defect 3), validate every ``eval.every`` epochs (deterministic centre window),
+validated on the test set: docs/REFERENCE.md#defect-3), validate every ``eval.every`` epochs (fixed centre window),
 then test the selected weights (``eval.select``: last epoch, or best validation UAR) with N clips x M crops, and
 write the reports and a finetuned release that ``python -m lgiformer.predict`` reads.
 """
@@ -125,8 +125,8 @@ class EvalConfig:
 
 @dataclasses.dataclass
 class AUConfig:
-    """Facial action unit detection (task "au"; specs/AU_HEADS.md). Every [ENG] choice of the spec is a key here
-    with the spec's default; ``head_args`` / ``loss_args`` pass anything else to the head / loss builders."""
+    """Facial action unit detection (task "au"; docs/AU_METHODS.md). Every [ENG] choice there is a key here
+    with its documented default; ``head_args`` / ``loss_args`` pass anything else to the head / loss builders."""
     head: str = "label_token"             # lgiformer.au.list_au_heads(): linear, label_token, fantrans_okd, monet
     loss: str = "wbce"                    # lgiformer.au.list_au_losses()
     au_weighting: str = "inverse_freq"

@@ -1,11 +1,11 @@
-"""Facial action unit (AU) detection on the shared finetuning engine (``task: au``; specs/AU_HEADS.md).
+"""Facial action unit (AU) detection on the shared finetuning engine (``task: au``; docs/AU_METHODS.md).
 
 One run = one fold of a subject-exclusive protocol (BP4D, DISFA, the synthetic AU set):
 
 * encoder from ``cfg.model`` (``cfg.model.pretrained`` through :func:`lgiformer.tasks.pretrained.load_pretrained`,
   report in ``load_report.json``), built without pooling or classifier; an AU head from ``cfg.au.head``
   (:func:`lgiformer.au.build_au_head`) on its tokens, both inside :class:`AUModel`;
-  ``cfg.au.freeze_encoder`` freezes the encoder, ``cfg.au.moke`` attaches AUFormer MoKE adapters (§3) to a frozen
+  ``cfg.au.freeze_encoder`` freezes the encoder, ``cfg.au.moke`` attaches AUFormer MoKE adapters to a frozen
   encoder and adds the training-only expert heads read by the ``mdwa`` loss;
 * training on the fold's training list minus a validation part held out BY SUBJECT (``data.val_fraction`` of the
   training subjects, at least one when there are three or more); occurrence rates of the training labels (valid
@@ -14,7 +14,7 @@ One run = one fold of a subject-exclusive protocol (BP4D, DISFA, the synthetic A
 * evaluation frame-wise: every labelled frame of a test video is predicted from the clip centred on it (clip mode:
   the clip's prediction; dense mode: the prediction of the slot holding the centre frame). Reported per AU and as
   mean F1 at ``cfg.au.threshold`` (U5, U6): ``frame`` (raw per-frame probabilities), ``smoothed`` (moving mean over
-  ``cfg.au.smooth_window`` frames within each video, §5.6; the primary metric when the window is > 1) and
+  ``cfg.au.smooth_window`` frames per video, AU_METHODS.md#moving-mean; the primary metric when the window is > 1) and
   ``centre_clip`` (one centre window per video, the cheap clip-level view);
 * selection ``cfg.eval.select`` (``best_val``: best validation mean F1, or ``last``), reports ``val_metrics.json``,
   ``test_metrics.json`` and ``test_predictions.csv`` in the run directory;
@@ -69,7 +69,7 @@ class AUModel(nn.Module):
     """Encoder + AU head. ``forward(clips, y=None) -> the head's output dict`` (``logits`` ``[B, A]`` or
     ``[B, T', A]``, ``aux``, ...); ``y`` is passed to heads that use labels while training (MONET teacher forcing).
 
-    ``moke``: attach MoKE adapters (§3.3) to the encoder (which freezes it) and add the training-only expert heads
+    ``moke``: attach MoKE adapters to the encoder (which freezes it) and add the training-only expert heads
     (``Linear(C, 1)`` per AU on the pooled last expert stream, ``aux["experts"]`` for the MDWA loss; clip mode only).
     ``freeze_encoder``: the encoder gets no gradient. ``no_weight_decay`` / ``group_matcher`` delegate to the encoder
     (names prefixed ``encoder.``), so :func:`lgiformer.optim.param_groups` applies layer decay to the encoder blocks
@@ -293,7 +293,7 @@ def au_metrics(probs, labels, valid, video_ids: Sequence, centre_mask=None, *, t
                smooth_window: int = 0, au_names: Sequence[str] | None = None) -> tuple[Dict[str, Any], Any]:
     """(metrics, smoothed probabilities or None). Per-AU F1 and mean F1 (U5, U6) of frame-wise probabilities
     ``[N, A]`` (frames of a video contiguous and in time order): ``frame`` (raw), ``smoothed`` (moving mean of
-    ``smooth_window`` frames per video, §5.6; only when the window is > 1), ``centre_clip`` (only the rows in
+    ``smooth_window`` frames per video, AU_METHODS.md#moving-mean; only for a window > 1), ``centre_clip`` (the rows in
     ``centre_mask``). ``mean_f1`` / ``per_au`` / ``protocol`` name the primary view (smoothed when present, else
     frame)."""
     from lgiformer.au import fold_f1, smooth_by_video
@@ -446,7 +446,7 @@ def run_au(cfg, env, logger) -> Dict[str, Any]:
     stride = d.sampling_rate or spec.sampling_rate
     train_list, test_list = _lists(d, spec, root)
     names = spec.au_names or None
-    # Lists hold binary labels (9 = not annotated); DISFA intensities are binarised at >= 2 by data_lists (§10.2).
+    # Lists hold binary labels (9 = not annotated); DISFA intensities are binarised at >= 2 by data_lists.
     videos, au_names = read_au_csv(train_list, root, au_names=names)
     test_videos, _ = read_au_csv(test_list, root, au_names=au_names)
     train_videos, val_videos = split_by_subject(videos, d.val_fraction, seed=cfg.run.seed)
@@ -527,8 +527,8 @@ def run_au(cfg, env, logger) -> Dict[str, Any]:
         return record
 
     if a.head == "monet" and a.head_args.get("num_orders", 512) > 1:
-        log.info("MONET: order warm-up and the separate order-selector lr of TH §2.5.3 are not applied here; the "
-                 "order logits train with the head from step 0 (no weight decay)")
+        log.info("MONET: order warm-up and the separate order-selector lr (docs/AU_METHODS.md#monet-training) are not "
+                 "applied here; the order logits train with the head from step 0 (no weight decay)")
     records = trainer.fit(training, cfg.run, cfg.optim, loader, step_fn,
                           checkpoint_info=dict(kind="finetune_au", model_name=model.encoder.model_name,
                                                model_args=args, config=to_dict(cfg), au_names=au_names),

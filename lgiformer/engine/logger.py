@@ -1,7 +1,7 @@
 """Run logging on rank 0: TensorBoard scalars and images, per-epoch JSON lines, a progress bar.
 
 Statistics only ever average finite values; non-finite ones are counted instead (the reference averaged inf/NaN
-grad norms into its epoch logs: REFERENCE defect 6).
+grad norms into its epoch logs: docs/REFERENCE.md#defect-6).
 """
 from __future__ import annotations
 

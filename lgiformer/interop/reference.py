@@ -251,6 +251,6 @@ def import_pretraining_model(path: str | os.PathLike, fmt: str = "mae-dfer", *, 
     if fmt == "mae-dfer":
         imported.assumptions.append(
             "our decoder adds its position table in the same (region-major) order as the encoder; the reference "
-            "added it in raster order (its defect 1), so the imported decoder needs some continued training")
+            "added it in raster order (docs/REFERENCE.md#defect-1), so the imported decoder needs continued training")
     imported.dropped = []
     return mae.eval(), imported

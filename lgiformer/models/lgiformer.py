@@ -209,8 +209,8 @@ def head_input_size(global_pool: str, embed_dim: int, layout: TokenLayout) -> in
     return embed_dim
 
 
-# The label-token head as DFER attention pooling (specs/AU_HEADS.md §9: "the same cross-attention pooling head with
-# K class queries"): its §5.5 starting point for a video encoder, one query per class, token self-attention off.
+# The label-token head as DFER attention pooling (docs/AU_METHODS.md#recommended-defaults), one query per class,
+# with the starting point of docs/AU_METHODS.md#label-token-defaults for a video encoder (token self-attention off).
 LABEL_TOKEN_DEFAULTS = dict(dim=256, depth=2, num_heads=8, dropout=0.1, token_self_attn=False)
 # Set by the model, not by head_args: the head classifies whole clips over this encoder's tokens.
 _LABEL_TOKEN_FIXED = ("embed_dim", "num_aus", "mode", "rates", "num_keys", "parsing_classes", "parsing_lambda",
