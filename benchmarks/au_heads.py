@@ -29,9 +29,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lgiformer.au import auc_per_au, build_au_head  # noqa: E402
-from lgiformer.engine.finetune_au import (AUFrameWindows, au_metrics, build_loss, head_kwargs,  # noqa: E402
-                                          split_by_subject, training_rates)
+from lgiformer.au import auc_per_au  # noqa: E402
+from lgiformer.data import AUFrameWindows, split_validation  # noqa: E402
+from lgiformer.heads import build_au_head  # noqa: E402
+from lgiformer.inference import au_metrics  # noqa: E402
+from lgiformer.models.au import au_head_inputs  # noqa: E402
+from lgiformer.tasks.au import build_loss, training_rates  # noqa: E402
+from lgiformer.tasks.common import build_finetune_model  # noqa: E402
 
 HEADS = ("linear", "label_token", "fantrans_okd", "monet")
 DEMO_RELEASE = "output/pretrain/demo/release"
@@ -70,15 +74,13 @@ def parse_args(argv=None):
 
 
 def build_encoder(source: str, img_size: int, num_frames: int):
-    from lgiformer.tasks.build import build_classifier
-
     if source == "auto":
         source = DEMO_RELEASE if Path(DEMO_RELEASE, "model.safetensors").is_file() else "none"
     kwargs = dict(img_size=img_size, num_frames=num_frames, region_size=[2, 3, 6], embed_dim=128, depth=4,
                   num_heads=4)
     torch.manual_seed(0)  # a random-init encoder is the same one in every run
-    enc, report = build_classifier("lgiformer_tiny_patch16_160", 0, None if source == "none" else source,
-                                   global_pool="", **kwargs)
+    enc, report = build_finetune_model("lgiformer_tiny_patch16_160", 0, None if source == "none" else source,
+                                       global_pool="", **kwargs)
     return enc.eval().requires_grad_(False), source, report
 
 
@@ -155,8 +157,8 @@ def train_pixel_probe(x, y, v, tx, rates, args, seed):
 
 def train_head(name, tokens, y, v, rates, encoder, args, seed, device):
     torch.manual_seed(seed)
-    kw = head_kwargs(name, encoder, y.shape[1], False, HEAD_ARGS[name], rates)
-    head = build_au_head(name, **kw).to(device)
+    head = build_au_head(name, rates=rates, **au_head_inputs(name, encoder, y.shape[1], False, HEAD_ARGS[name]))
+    head = head.to(device)
     grid, ns = tuple(encoder.grid_size), int(encoder.num_prefix_tokens)
 
     def forward(idx, yy):
@@ -219,7 +221,7 @@ def main(argv=None) -> dict:
         root = Path(args.data_root)
         videos, names = read_au_csv(root / spec.lists["train"].format(fold=fold), root, au_names=spec.au_names)
         test_videos, _ = read_au_csv(root / spec.lists["test"].format(fold=fold), root, au_names=names)
-        train_videos, _ = split_by_subject(videos, 0.0)
+        train_videos, _ = split_validation(videos, 0.0, by="subject")
         rates = training_rates(train_videos).clamp_min(1e-3)
         train_set = AUFrameWindows(train_videos, frame_stride=args.train_stride, **window)
         test_set = AUFrameWindows(test_videos, **window)

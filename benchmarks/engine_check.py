@@ -23,13 +23,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from lgiformer.engine import ds  # noqa: E402
-from lgiformer.engine.checkpoint import save_checkpoint  # noqa: E402
-from lgiformer.engine.distributed import barrier, destroy, init_distributed  # noqa: E402
+from lgiformer.engine.checkpointer import save_checkpoint  # noqa: E402
+from lgiformer.distributed import barrier, destroy, init_distributed  # noqa: E402
 from lgiformer.engine.logger import RunLogger  # noqa: E402
-from lgiformer.engine.loop import LoopState, train_one_epoch  # noqa: E402
+from lgiformer.engine.loop import LoopState, Training, train_one_epoch  # noqa: E402
 from lgiformer.models import build_pretrain_model  # noqa: E402
 from lgiformer.optim import param_groups  # noqa: E402
-from lgiformer.release import load_release, release_from_checkpoint  # noqa: E402
+from lgiformer.models.release import load_release  # noqa: E402
+from lgiformer.release import release_from_checkpoint  # noqa: E402
 
 
 def main() -> None:
@@ -78,10 +79,10 @@ def main() -> None:
         if env.device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        train_one_epoch(engine, batches[:n], step_fn, state, lr_values=np.full(n, 1.5e-4), wd_values=np.full(n, 0.05),
-                        steps_in_epoch=n, seed=0, rank=env.rank, logger=RunLogger(".", enabled=False),
-                        log_every=10 ** 6, max_nonfinite=3, progress=False,
-                        autocast=lambda: ds.autocast(precision, env.device))
+        training = Training(engine, env, RunLogger(".", enabled=False), precision, lr=1.5e-4, total_batch=args.batch,
+                            steps_per_epoch=n, batches_per_epoch=n, lr_values=np.full(n, 1.5e-4),
+                            wd_values=np.full(n, 0.05), log_every=10 ** 6, max_nonfinite=3, progress=False)
+        train_one_epoch(training, batches[:n], step_fn, state)
         if env.device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start

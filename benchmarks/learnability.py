@@ -38,7 +38,7 @@ from lgiformer.data import VideoClassificationDataset, ensure_synthetic, read_vi
 from lgiformer.data.transforms import EvalTransform  # noqa: E402
 from lgiformer.metrics import classification_metrics  # noqa: E402
 from lgiformer.models import create_model  # noqa: E402
-from lgiformer.tasks import load_pretrained  # noqa: E402
+from lgiformer.interop.pretrained import load_pretrained  # noqa: E402
 
 NUM_CLASSES = 7
 # The label-token head at this encoder's width, with 2-D sine positions added to its keys (as first measured here).

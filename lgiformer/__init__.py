@@ -1,11 +1,11 @@
-"""LGI-Former / MAE-DFER: self-supervised video pretraining for dynamic facial expression recognition."""
+"""LGI-Former / MAE-DFER: self-supervised video pretraining for dynamic facial expression recognition.
+
+Importing the package registers its encoders with timm (``timm.create_model("lgiformer_base_patch16_160")``) and
+gives :func:`load_release`; it imports neither DeepSpeed nor transformers.
+"""
 from lgiformer import _compat  # noqa: F401  (must run before torchvision / timm are imported)
+from lgiformer import models  # noqa: F401  (registers the encoders with timm)
+from lgiformer.models.release import load_release
+from lgiformer.provenance import __version__
 
-__version__ = "0.1.0"
-
-
-def load_release(path):  # noqa: ANN001,ANN201 - thin re-export, documented in lgiformer.release
-    """Load a release folder (``model.safetensors`` + ``config.json``) as a model ready for ``model(clips)``."""
-    from lgiformer.release import load_release as _load
-
-    return _load(path)
+__all__ = ["__version__", "load_release", "models"]

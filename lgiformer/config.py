@@ -19,7 +19,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 import yaml
 
+from lgiformer.data.synthetic import check_options
 from lgiformer.errors import InputError
+from lgiformer.models import ENCODER_NAMES
 
 T = TypeVar("T")
 
@@ -39,11 +41,11 @@ def _parse_bool(value: Any, where: str) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
+    if text == "true":
         return True
-    if text in ("0", "false", "no", "off"):
+    if text == "false":
         return False
-    raise ConfigError(f"{where}: expected a boolean (true/false), got {value!r}")
+    raise ConfigError(f"{where}: expected a boolean, true or false, got {value!r}")
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -318,6 +320,7 @@ class RunConfig:
     device: str = "auto"
     seed: int = 0
     resume: str = ""                    # "" (fresh), "auto" (newest complete checkpoint, if any), or a path
+    overwrite: bool = False             # a fresh run in a folder with another run's checkpoints moves them aside
     save_every: int = 1                 # epochs
     keep_last: int = 3
     log_every: int = 10                 # micro-batches
@@ -338,6 +341,54 @@ class RunConfig:
             raise ConfigError(f"run.zero_stage: expected 0-3, got {self.zero_stage}")
         if self.max_nonfinite < 1 or self.keep_last < 1 or self.log_every < 1:
             raise ConfigError("run.max_nonfinite, run.keep_last and run.log_every must be >= 1")
+
+
+@dataclasses.dataclass
+class EncoderConfig:
+    """The encoder's architecture, shared by every task's ``model`` section. ``None`` takes the variant's value."""
+    name: str = "lgiformer_base_patch16_160"
+    img_size: int = 160
+    num_frames: int = 16
+    tubelet_size: int = 2
+    patch_size: int = 16
+    region_size: list[int] | None = None     # (t, h, w) tokens per region (lgiformer_* only)
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    drop_path_rate: float = 0.0
+
+    def validate(self) -> None:
+        if self.name not in ENCODER_NAMES:
+            raise ConfigError(f"model.name: unknown encoder {self.name!r}; available: {', '.join(ENCODER_NAMES)}")
+        if self.region_size is not None and not self.name.startswith("lgiformer"):
+            raise ConfigError("model.region_size applies to lgiformer_* encoders only")
+
+    def arch_kwargs(self) -> dict[str, Any]:
+        """The encoder's constructor arguments that this section sets (drop path excluded)."""
+        kwargs: dict[str, Any] = dict(img_size=self.img_size, num_frames=self.num_frames,
+                                      tubelet_size=self.tubelet_size, patch_size=self.patch_size)
+        for key in ("region_size", "embed_dim", "depth", "num_heads"):
+            if getattr(self, key) is not None:
+                kwargs[key] = getattr(self, key)
+        return kwargs
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """What every task's ``data`` section has."""
+    dataset: str = ""                         # a name in lgiformer/data/datasets.yaml
+    data_root: str = ""                       # "" with a synthetic dataset: data/synthetic (generated if absent)
+    num_workers: int = 2
+    backend: str = "auto"                     # auto | decord | pyav | frames
+    bad_sample_threshold: float = 0.01
+    synthetic: dict = dataclasses.field(default_factory=dict)   # generator options (lgiformer.data.synthetic)
+
+    def validate(self) -> None:
+        if self.num_workers < 0:
+            raise ConfigError("data.num_workers must be >= 0")
+        if not 0.0 <= self.bad_sample_threshold <= 1.0:
+            raise ConfigError(f"data.bad_sample_threshold must be in [0, 1], got {self.bad_sample_threshold}")
+        check_synthetic(self.synthetic)
 
 
 # Reference MAE-DFER / VideoMAE flag names -> ours (only where they mean the same thing).
@@ -363,8 +414,6 @@ def check_synthetic(options: dict, where: str = "data.synthetic") -> None:
     """A recipe's synthetic-data options, checked at load: a typo fails before any process or file exists."""
     if not options:
         return
-    from lgiformer.data.synthetic import check_options
-
     try:
         check_options(options)
     except (TypeError, ValueError) as err:

@@ -20,42 +20,29 @@ from typing import Sequence
 
 import torch
 
-import lgiformer  # noqa: F401  (import-order fix before timm / torchvision)
-from lgiformer.evaluate import predict as predict_loader
+from lgiformer.data import VideoClassificationDataset
+from lgiformer.inference import predict as predict_loader
+from lgiformer.models.release import load_release, read_release_config
 
 log = logging.getLogger("lgiformer.predict")
 
 
 def read_release_info(release: str | os.PathLike) -> dict:
-    """Class names and the data settings the model was finetuned with, from the release's config.json."""
-    path = Path(release)
-    config_path = path / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{path}: no config.json; --model must be a release directory written by "
-                                "finetune/run.py (or lgiformer.release.save_release)")
-    config = json.loads(config_path.read_text())
-    num_classes = int(config.get("model_args", {}).get("num_classes", 0))
-    if num_classes <= 0:
-        raise ValueError(f"{path} holds an encoder without a classifier head (num_classes=0): finetune it first "
-                         "(finetune/run.py) and predict with the finetuned release")
-    names = config.get("class_names") or config.get("classes") or [f"class_{i}" for i in range(num_classes)]
-    if len(names) != num_classes:
-        raise ValueError(f"{path}: {len(names)} class names for a {num_classes}-class head")
-    return dict(config=config, class_names=list(names), data=dict(config.get("data", {})))
+    """Class names and the data settings a classifier release was finetuned with."""
+    config = read_release_config(release)
+    if not config.get("class_names"):
+        raise ValueError(f"{release} holds an encoder without a classifier head (task {config['task']}): finetune it "
+                         "first (finetune/run.py) and predict with the finetuned release")
+    return dict(config=config, class_names=list(config["class_names"]), data=dict(config.get("data", {})))
 
 
 def load_model(release: str | os.PathLike, device: str = "cpu") -> torch.nn.Module:
-    from lgiformer.release import load_release
-
-    model = load_release(release)
-    return model.to(device).eval()
+    return load_release(release).to(device).eval()
 
 
 def build_views_dataset(inputs: Sequence[str], data: dict, model_args: dict, clips: int | None, crops: int | None,
                         list_dir: str):
     """The finetuning test dataset over ``inputs`` (dummy labels): one [V, 3, T, H, W] tensor per input."""
-    from lgiformer.data import VideoClassificationDataset
-
     list_file = Path(list_dir) / "inputs.txt"
     lines = []
     for item in inputs:

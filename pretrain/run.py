@@ -15,15 +15,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from lgiformer import engine  # noqa: E402
 from lgiformer.config import config_main  # noqa: E402
-from lgiformer.engine.pretrain import load_pretrain_config, run  # noqa: E402
+from lgiformer.tasks import PretrainTask, load_pretrain_config  # noqa: E402
 
 DEMO = Path(__file__).with_name("configs") / "demo.yaml"
 
 
 def main(argv: list[str]) -> int:
-    return config_main(argv, prog="pretrain/run.py", doc=__doc__, default_config=DEMO,
-                       load=load_pretrain_config, run=run)
+    return config_main(argv, prog="pretrain/run.py", doc=__doc__, default_config=DEMO, load=load_pretrain_config,
+                       run=lambda cfg: engine.run(cfg, PretrainTask))
 
 
 if __name__ == "__main__":

@@ -8,9 +8,16 @@ import numpy as np
 import pytest
 import torch
 
+import lgiformer
 from _cli import run
-from lgiformer.engine.finetune_au import (AUModel, au_metrics, load_au_model, split_by_subject, training_rates,
-                                          window_positions)
+from lgiformer.data import split_validation, window_positions
+from lgiformer.inference import au_metrics
+from lgiformer.models import AUModel
+from lgiformer.tasks.au import training_rates
+
+
+def split_by_subject(videos, fraction, seed=0):
+    return split_validation(videos, fraction, seed=seed, by="subject")
 
 SYNTHETIC_AUS = ["AU1", "AU2", "AU4", "AU6", "AU9", "AU12", "AU15", "AU25", "AU26"]
 
@@ -88,15 +95,13 @@ def _tiny_encoder():
 
 @pytest.mark.parametrize("head", ["linear", "label_token", "fantrans_okd", "monet"])
 def test_au_model_heads_param_groups_and_bias_init(head):
-    from lgiformer.au import build_au_head
-    from lgiformer.engine.finetune_au import head_kwargs
     from lgiformer.optim import param_groups
 
     enc = _tiny_encoder()
     extra = {"linear": {}, "label_token": {"dim": 32, "num_heads": 2}, "fantrans_okd": {"dim": 32, "depth": 1},
              "monet": {"hidden": 8, "num_orders": 6, "keep_orders": 3}}[head]
     rates = torch.tensor([0.1, 0.5, 0.2])
-    model = AUModel(enc, build_au_head(head, **head_kwargs(head, enc, 3, False, extra)), num_aus=3, rates=rates)
+    model = AUModel(enc, head, extra, num_aus=3, rates=rates)
     groups = param_groups(model, 0.05, 0.75)
     scales = {n: g["lr_scale"] for g in groups for n in g.get("param_names", [])}
     assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in model.parameters())
@@ -118,12 +123,8 @@ def test_au_model_heads_param_groups_and_bias_init(head):
 
 
 def test_au_model_moke_freezes_the_encoder_and_exposes_expert_logits():
-    from lgiformer.au import build_au_head
-    from lgiformer.engine.finetune_au import head_kwargs
-
     enc = _tiny_encoder()
-    model = AUModel(enc, build_au_head("linear", **head_kwargs("linear", enc, 3, False, {})), num_aus=3, moke=True,
-                    moke_args={"hidden": 4})
+    model = AUModel(enc, "linear", {}, num_aus=3, moke=True, moke_args={"hidden": 4})
     out = model(torch.randn(2, 3, 4, 64, 64))
     assert out["aux"]["experts"].shape == (2, 3)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -164,8 +165,12 @@ def test_au_finetune_writes_metrics_and_predictions(au_run):
 
 
 def test_saved_au_model_reloads_and_predicts(au_run):
-    model, config = load_au_model(au_run / "run")
-    assert config["au_names"] == SYNTHETIC_AUS and config["au"]["head"] == "label_token"
+    from lgiformer.models.release import read_release_config
+
+    release = au_run / "run" / "release"
+    model, config = lgiformer.load_release(release), read_release_config(release)
+    assert config["task"] == "au" and config["au_names"] == SYNTHETIC_AUS
+    assert config["model_name"] == "au_model" and config["model_args"]["head"] == "label_token"
     with torch.no_grad():
         out = model(torch.randn(1, 3, 4, 64, 64))
     assert out["logits"].shape == (1, len(SYNTHETIC_AUS))

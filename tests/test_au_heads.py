@@ -3,10 +3,10 @@ import pytest
 import torch
 
 import lgiformer  # noqa: F401
-from lgiformer.au import build_au_head, build_au_loss, list_au_heads, split_tokens
-from lgiformer.au.heads import (AttentionDropBlock, CrossAttention, FanTransInference, LabelTokenHead,
-                                LinearAUHead, MonetHead, topk_column_sum)
-from lgiformer.au.losses import masked_weighted_bce, prior_bias, weighted_dice
+from lgiformer.au import build_au_loss, prior_bias
+from lgiformer.au.losses import masked_weighted_bce, weighted_dice
+from lgiformer.heads import (AttentionDropBlock, CrossAttention, FanTransInference, LabelTokenHead, LinearAUHead,
+                             MonetHead, build_au_head, list_au_heads, split_tokens, topk_column_sum)
 from lgiformer.layers.blocks import Block
 
 C, A = 16, 4

@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 
 import lgiformer  # noqa: F401  (import fix for torchvision / timm)
-from lgiformer.au.losses import (RHLS, VALS, bernoulli_kd, build_au_loss, build_target_transform, h2p_loss,
-                                 inverse_frequency_weights, masked_weighted_bce, mdwa_gamma, mdwa_loss,
-                                 occurrence_rates, pattel_loss, prior_bias, prior_heatmaps, rhls_alphas,
-                                 rhls_targets, slot_targets, vals_targets, vls_targets, weighted_dice)
+from lgiformer.au.attention_guidance import h2p_loss, pattel_loss, prior_heatmaps
+from lgiformer.au.label_targets import (RHLS, VALS, build_target_transform, rhls_alphas, rhls_targets, slot_targets,
+                                        vals_targets, vls_targets)
+from lgiformer.au.losses import bernoulli_kd, build_au_loss, masked_weighted_bce, mdwa_gamma, mdwa_loss, weighted_dice
+from lgiformer.au.weights import inverse_frequency_weights, occurrence_rates, prior_bias
 
 torch.manual_seed(0)
 

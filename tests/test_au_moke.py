@@ -8,7 +8,7 @@ from torch import nn
 
 import lgiformer  # noqa: F401
 from lgiformer.au import build_au_loss
-from lgiformer.au.moke import AUFormer, MoKEBlock, MoKEGroup, MoKELGIBlock, attach_moke
+from lgiformer.models.moke import AUFormer, MoKEBlock, MoKEGroup, MoKELGIBlock, attach_moke
 from lgiformer.layers.blocks import Block
 from lgiformer.models import create_model
 

@@ -121,11 +121,11 @@ def test_au_heads_benchmark_runs_and_reports_f1_and_auc(tmp_path, capsys):
 
 def test_learnability_starts_from_a_release_and_reports_each_evaluation(tmp_path, capsys):
     from benchmarks import learnability
-    from lgiformer.release import write_release
+    from lgiformer.models.release import write_release
 
     encoder = create_model("lgiformer_tiny_patch16_160", num_classes=0, global_pool="", img_size=96, num_frames=8,
                            embed_dim=128, depth=4, num_heads=4, region_size=[2, 3, 6])
-    release = write_release(encoder, tmp_path / "release", source={"kind": "test"})
+    release = write_release(encoder, tmp_path / "release", task="pretrain", source={"kind": "test"})
     out = learnability.main(["--make-data", "--data", str(tmp_path / "syn"), "--subjects", "5", "--clips-per-class",
                              "1", "--data-size", "96", "--epochs", "1", "--init", str(release), "--frames", "8"])
     # Every encoder weight comes from the release; only the classifier (fc_norm, head) starts fresh.

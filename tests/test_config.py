@@ -2,8 +2,8 @@
 import pytest
 
 from lgiformer.config import ConfigError, load_config, parse_overrides, split_config_arg
-from lgiformer.engine.finetune import FinetuneConfig, load_finetune_config
-from lgiformer.engine.pretrain import PretrainConfig, load_pretrain_config
+from lgiformer.tasks.finetune import FinetuneConfig, load_finetune_config
+from lgiformer.tasks.pretrain import PretrainConfig, load_pretrain_config
 
 
 def test_layering_defaults_yaml_cli(tmp_path):
@@ -30,10 +30,16 @@ def test_reference_flag_aliases_and_values():
     assert (ft.data.fold, ft.model.pretrained, ft.data.num_classes) == (3, "none", 11)
 
 
-@pytest.mark.parametrize("text,expected", [("False", False), ("false", False), ("0", False), ("yes", True),
-                                           ("True", True)])
+@pytest.mark.parametrize("text,expected", [("False", False), ("false", False), ("True", True), ("true", True)])
 def test_booleans_parse_strictly(text, expected):
     assert load_pretrain_config(None, ["--run.compile", text]).run.compile is expected
+
+
+@pytest.mark.parametrize("text", ["0", "1", "yes", "no", "on", "off", "y"])
+def test_booleans_refuse_anything_but_true_and_false(text):
+    """The README promises true/false: "yes" or "0" is a typo to report, not a value to guess."""
+    with pytest.raises(ConfigError, match="expected a boolean, true or false"):
+        load_pretrain_config(None, ["--run.tensorboard", text])
 
 
 def test_bare_boolean_flag_is_true():

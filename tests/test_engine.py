@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from lgiformer.engine import ds
-from lgiformer.engine.checkpoint import (MARKER, complete_checkpoints, find_checkpoint, load_checkpoint,
+from lgiformer.engine.checkpointer import (MARKER, complete_checkpoints, find_checkpoint, load_checkpoint,
                                          read_fp32_state_dict, save_checkpoint)
-from lgiformer.engine.distributed import init_distributed
+from lgiformer.distributed import init_distributed
 from lgiformer.engine.logger import MeanMeter, RunLogger
-from lgiformer.engine.loop import LoopState, NonFiniteLossError, train_one_epoch
+from lgiformer.engine.loop import LoopState, NonFiniteLossError, Training, train_one_epoch
 from lgiformer.engine.schedules import apply_schedule, cosine_schedule
 
 
@@ -74,11 +74,11 @@ def _step_fn(engine, batch):
 
 def _run(engine, batches, state=None, max_nonfinite=3, tmp_path=None):
     state = state or LoopState()
-    lr = np.full(100, 0.01)
-    return state, train_one_epoch(engine, batches, _step_fn, state, lr_values=lr, wd_values=np.zeros(100),
-                                  steps_in_epoch=len(batches), seed=0, rank=0,
-                                  logger=RunLogger(tmp_path, enabled=False), log_every=1,
-                                  max_nonfinite=max_nonfinite, progress=False)
+    training = Training(engine, init_distributed("cpu"), RunLogger(tmp_path, enabled=False), "fp32", lr=0.01,
+                        total_batch=2, steps_per_epoch=len(batches), batches_per_epoch=len(batches),
+                        lr_values=np.full(100, 0.01), wd_values=np.zeros(100), log_every=1,
+                        max_nonfinite=max_nonfinite, progress=False)
+    return state, train_one_epoch(training, batches, _step_fn, state)
 
 
 def test_non_finite_losses_are_skipped_counted_and_abort(engine, tmp_path):
@@ -123,7 +123,7 @@ def test_checkpoint_save_is_atomic_and_pruned(engine, tmp_path):
 def test_relayout_maps_a_checkpoint_onto_another_batch_layout():
     """Resuming with another number of processes, batch size or repeat_aug: the epoch is kept, the position in it
     never skips an unseen item, it lands on an accumulation boundary, and the step is recounted in the new layout."""
-    from lgiformer.engine.trainer import relayout
+    from lgiformer.engine.checkpointer import relayout
 
     old = dict(samples_per_batch=4, batches_per_epoch=10)           # e.g. 2 processes x 2 items
     loop = LoopState(epoch=3, step=3 * 10 + 7, batch_in_epoch=7, skipped_steps=2)
@@ -237,7 +237,7 @@ def test_resumed_logger_hides_what_the_interrupted_attempt_logged_after_its_chec
 
 
 def test_best_on_validation_keeps_the_files_its_checkpoints_refer_to(engine, tmp_path):
-    from lgiformer.engine.trainer import BestOnValidation
+    from lgiformer.engine.checkpointer import BestOnValidation
 
     model = nn.Linear(3, 2)
     best = BestOnValidation(tmp_path, keep_weights=True, is_main=True)

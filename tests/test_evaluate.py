@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import lgiformer  # noqa: F401
-from lgiformer.evaluate import average_views, evaluate, forward_views, save_report
+from lgiformer.inference import average_views, evaluate, forward_views, save_report
 
 
 class ToyClips(Dataset):

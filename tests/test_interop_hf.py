@@ -53,9 +53,9 @@ def test_ours_to_hf_and_back_via_cli(tmp_path, capsys):
     with torch.no_grad():
         for p in ours.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    from lgiformer.release import write_release
+    from lgiformer.models.release import write_release
 
-    write_release(ours.eval(), tmp_path / "rel", source={"format": "test"}, notes="")
+    write_release(ours.eval(), tmp_path / "rel", task="dfer", source={"format": "test"}, notes="")
     assert convert_main(["export-hf", "--input", str(tmp_path / "rel"), "--output", str(tmp_path / "hf"),
                          "--labels", "a,b,c"]) == 0
     hf = transformers.AutoModelForVideoClassification.from_pretrained(tmp_path / "hf", attn_implementation="eager")

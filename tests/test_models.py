@@ -71,9 +71,9 @@ def test_spatial_pool_is_a_per_position_time_average_that_keeps_where(name, tmp_
     mean_pool = create_model(name, num_classes=5, global_pool="local" if kwargs else "avg", **TINY, **kwargs).eval()
     torch.testing.assert_close(mean_pool.forward_head(swapped), mean_pool.forward_head(tokens))
     # The pooling travels with the weights: a release rebuilds the same head and the same outputs.
-    from lgiformer.release import load_release, write_release
+    from lgiformer.models.release import load_release, write_release
 
-    write_release(model, tmp_path / "rel", source={"format": "test"})
+    write_release(model, tmp_path / "rel", task="dfer", source={"format": "test"})
     torch.testing.assert_close(load_release(tmp_path / "rel").eval()(x), model(x))
     # And a pooled classifier can be switched to it (the head is rebuilt for the wider input).
     other = create_model(name, num_classes=5, **TINY, **kwargs)
@@ -84,8 +84,8 @@ def test_spatial_pool_is_a_per_position_time_average_that_keeps_where(name, tmp_
 
 @pytest.mark.parametrize("name", ["lgiformer_tiny_patch16_160", "vit_tiny_patch16_160"])
 def test_label_token_head_is_one_query_per_class_over_the_local_tokens(name, tmp_path):
-    from lgiformer.au.heads import LabelTokenHead
-    from lgiformer.release import load_release, write_release
+    from lgiformer.heads import LabelTokenHead
+    from lgiformer.models.release import load_release, write_release
 
     kwargs = dict(region_size=(1, 1, 2)) if name.startswith("lgi") else {}
     head_args = dict(dim=16, depth=1, num_heads=2, dropout=0.0)
@@ -111,7 +111,7 @@ def test_label_token_head_is_one_query_per_class_over_the_local_tokens(name, tmp
     queries = next(g for g in groups if any(p is model.head.label_tokens for p in g["params"]))
     assert queries["weight_decay"] == 0.0 and queries["lr_scale"] == 1.0
     # The head and its resolved arguments travel with the weights.
-    write_release(model, tmp_path / "rel", source={"format": "test"})
+    write_release(model, tmp_path / "rel", task="dfer", source={"format": "test"})
     loaded = load_release(tmp_path / "rel")
     assert loaded.model_args["head_args"] == {**head_args, "token_self_attn": False}
     torch.testing.assert_close(loaded(x), model(x))

@@ -1,5 +1,5 @@
-"""Multi-task DFER + AU: the clips' AU labels, the joint loss (with mixup), the model and its AU export, the
-evaluation, and a tiny end-to-end run of finetune/run.py with ``au.aux_weight``."""
+"""Multi-task DFER + AU: the clips' AU labels, the joint loss (with mixup), the model and its release round trip,
+the evaluation, and a tiny end-to-end run of finetune/run.py with ``au.aux_weight``."""
 import csv
 import json
 
@@ -8,15 +8,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import lgiformer
 from _cli import run
-from lgiformer.au import build_au_head, fold_f1
+from lgiformer.au import fold_f1
 from lgiformer.data import ClipAULabels, VideoClassificationDataset, VideoMixup, read_video_list
 from lgiformer.data.sampling import center_indices, test_clip_indices
 from lgiformer.data.synthetic import AU_NAMES, generate
-from lgiformer.evaluate import evaluate
-from lgiformer.models import create_model
-from lgiformer.tasks.classification import ClassificationTask
-from lgiformer.tasks.multitask import ExpressionAUModel, au_probs, export_au_model
+from lgiformer.inference import evaluate
+from lgiformer.models import ExpressionAUModel, create_model
+from lgiformer.models.au import au_probs
+from lgiformer.models.release import write_release
+from lgiformer.tasks.multitask import clip_au_label_file, expression_au_loss
 
 TINY = dict(img_size=32, num_frames=4, region_size=[2, 2, 2], embed_dim=32, depth=2, num_heads=2)
 
@@ -37,10 +39,8 @@ def _csv_rows(path):
 def _tiny_model(num_aus=len(AU_NAMES), head="label_token", seed=0, **classifier_args):
     torch.manual_seed(seed)
     classifier = create_model("lgiformer_tiny_patch16_160", num_classes=7, **TINY, **classifier_args)
-    kwargs = dict(embed_dim=32, num_aus=num_aus)
-    if head == "label_token":
-        kwargs.update(dim=32, num_heads=2)
-    return ExpressionAUModel(classifier, build_au_head(head, **kwargs), num_aus)
+    return ExpressionAUModel(classifier, head, dict(dim=32, num_heads=2) if head == "label_token" else {},
+                             num_aus=num_aus)
 
 
 # ---- data ----------------------------------------------------------------------------------------------------------
@@ -106,7 +106,7 @@ def test_joint_loss_is_ce_plus_weighted_au_loss():
     model = _tiny_model().eval()  # no dropout in the head: two forward passes agree
     clips, labels, au, valid = _batch()
     au_loss = _RecordingAULoss()
-    out = ClassificationTask(7, smoothing=0.1, au_loss=au_loss, au_weight=0.3)(model, (clips, labels, au, valid))
+    out = expression_au_loss(model, (clips, labels, au, valid), au_loss=au_loss, au_weight=0.3, smoothing=0.1)
     logits, au_out = model(clips, with_au=True)
     ce = F.cross_entropy(logits, labels, label_smoothing=0.1)
     bce = F.binary_cross_entropy_with_logits(au_out["logits"], au, reduction="none")
@@ -114,7 +114,7 @@ def test_joint_loss_is_ce_plus_weighted_au_loss():
     assert torch.allclose(out["loss"], want, atol=1e-6) and torch.allclose(out["cls"], ce, atol=1e-6)
     assert set(out) == {"loss", "cls", "au", "acc"}
     # nothing annotated: no AU loss at all
-    nothing = ClassificationTask(7, au_loss=au_loss, au_weight=1.0)(model, (clips, labels, au, torch.zeros_like(valid)))
+    nothing = expression_au_loss(model, (clips, labels, au, torch.zeros_like(valid)), au_loss=au_loss, au_weight=1.0)
     assert float(nothing["au"]) == 0.0
     # the AU term trains the encoder and the AU head, and never the expression head
     model.zero_grad()
@@ -132,7 +132,7 @@ def test_mixup_mixes_the_au_targets_like_the_clips(cutmix):
                        label_smoothing=0.0, num_classes=7)
     au_loss = _RecordingAULoss()
     clips, labels, au, valid = _batch()
-    ClassificationTask(7, mixup=mixup, au_loss=au_loss, au_weight=1.0)(_tiny_model(), (clips, labels, au, valid))
+    expression_au_loss(_tiny_model(), (clips, labels, au, valid), au_loss=au_loss, au_weight=1.0, mixup=mixup)
     lam = mixup.last_lam
     assert 0.0 < lam < 1.0
     y, v = au_loss.seen
@@ -142,7 +142,7 @@ def test_mixup_mixes_the_au_targets_like_the_clips(cutmix):
 
 # ---- model ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("pool", [{}, dict(global_pool="label_token", head_args=dict(dim=16, num_heads=2))])
-def test_model_keeps_the_classifier_output_and_exports_its_au_branch(pool):
+def test_model_keeps_the_classifier_output_and_its_release_gives_both_outputs(pool, tmp_path):
     model = _tiny_model(**pool).eval()
     clips = _batch()[0]
     with torch.no_grad():
@@ -151,10 +151,14 @@ def test_model_keeps_the_classifier_output_and_exports_its_au_branch(pool):
         plain = model.classifier(clips)
     assert torch.equal(logits, plain) and torch.equal(both, plain) and au_out["logits"].shape == (4, len(AU_NAMES))
     with torch.no_grad():
-        model.au_norm.weight.uniform_(0.5, 1.5)  # a trained norm: the export must carry it
+        model.au_norm.weight.uniform_(0.5, 1.5)  # a trained norm: the release must carry it
         au_out = model(clips, with_au=True)[1]
-        exported = export_au_model(model)
-        assert torch.allclose(au_probs(exported(clips)), au_probs(au_out), atol=1e-6)
+    release = write_release(model, tmp_path / "rel", task="dfer_au", source={"format": "test"},
+                            au_names=list(AU_NAMES))
+    again = lgiformer.load_release(release)
+    with torch.no_grad():
+        assert torch.allclose(again(clips), logits, atol=1e-6)
+        assert torch.allclose(au_probs(again(clips, with_au=True)[1]), au_probs(au_out), atol=1e-6)
 
 
 def test_layer_decay_groups_cover_the_encoder_and_leave_both_heads_at_full_lr():
@@ -198,7 +202,7 @@ def test_evaluate_scores_every_view_against_its_own_labels(labeled):
 def test_config_refuses_what_multi_task_cannot_do(tmp_path):
     from lgiformer.config import ConfigError
     from lgiformer.data import get_dataset_spec
-    from lgiformer.engine.finetune import _clip_au_labels, load_finetune_config
+    from lgiformer.tasks.finetune import load_finetune_config
 
     with pytest.raises(ConfigError, match="au.dense"):
         load_finetune_config("tests/configs/tiny_finetune.yaml", ["--au.aux_weight", "0.5", "--au.dense", "true"])
@@ -206,7 +210,7 @@ def test_config_refuses_what_multi_task_cannot_do(tmp_path):
         load_finetune_config("tests/configs/tiny_finetune.yaml", ["--au.aux_weight", "-1"])
     cfg = load_finetune_config("tests/configs/tiny_finetune.yaml", ["--au.aux_weight", "0.5"])
     with pytest.raises(ConfigError, match="set data.au_labels"):
-        _clip_au_labels(cfg.data, get_dataset_spec("dfew"), tmp_path)
+        clip_au_label_file(cfg.data, get_dataset_spec("dfew"), tmp_path)
 
 
 def _multi_task_run(labeled, out, nproc=1):
@@ -234,12 +238,12 @@ def test_multi_task_finetune_end_to_end(labeled, tmp_path):
     assert 0.0 <= metrics["au"]["mean_f1"] <= 1.0 and 0.0 <= metrics["uar"] <= 1.0
     epochs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert all({"train_cls", "train_au", "val_au_mean_f1"} <= set(e) for e in epochs)
-    # the release is the plain expression classifier; the AU branch is exported for load_au_model
+    # the release is the whole multi-task model: expression logits by default, the AU head's output on request
     release = json.loads((out / "release" / "config.json").read_text())
-    assert release["model_args"]["num_classes"] == 7
-    from lgiformer.engine.finetune_au import load_au_model
-
-    au_model, au_config = load_au_model(out)
-    assert au_config["au_names"] == list(AU_NAMES) and au_config["test_mean_f1"] == metrics["au"]["mean_f1"]
+    assert release["task"] == "dfer_au" and release["model_args"]["classifier"]["model_args"]["num_classes"] == 7
+    assert release["au_names"] == list(AU_NAMES) and release["training"]["test_au_mean_f1"] == metrics["au"]["mean_f1"]
+    model = lgiformer.load_release(out / "release")
     with torch.no_grad():
-        assert au_model(torch.randn(2, 3, 4, 32, 32))["logits"].shape == (2, len(AU_NAMES))
+        clips = torch.randn(2, 3, 4, 32, 32)
+        assert model(clips).shape == (2, 7)
+        assert model(clips, with_au=True)[1]["logits"].shape == (2, len(AU_NAMES))

@@ -76,7 +76,7 @@ def test_resume_refuses_a_tampered_checkpoint(runs, tmp_path, file):
 def test_universal_conversion_refuses_a_tampered_shard_and_a_planted_universal_copy(runs, tmp_path):
     """A ZeRO checkpoint resumed on another process count goes through DeepSpeed's universal converter, which
     unpickles every shard: the shards are checked first. A planted ``universal/`` copy is checked too."""
-    from lgiformer.engine.checkpoint import universal_checkpoint
+    from lgiformer.engine.checkpointer import universal_checkpoint
     from lgiformer.interop.safe_load import UnsafeCheckpointError
 
     out, marker = _tampered(runs, 1, tmp_path, "zero_pp_rank_0_mp_rank_00_optim_states.pt")
@@ -100,7 +100,7 @@ def test_universal_conversion_refuses_a_tampered_shard_and_a_planted_universal_c
 
 
 def test_zero_consolidation_refuses_a_tampered_shard(runs, tmp_path):
-    from lgiformer.engine.checkpoint import find_checkpoint, read_fp32_state_dict
+    from lgiformer.engine.checkpointer import find_checkpoint, read_fp32_state_dict
     from lgiformer.interop.safe_load import UnsafeCheckpointError
 
     out, marker = _tampered(runs, 1, tmp_path, "zero_pp_rank_0_mp_rank_00_optim_states.pt")
@@ -110,7 +110,7 @@ def test_zero_consolidation_refuses_a_tampered_shard(runs, tmp_path):
 
 
 def test_clean_checkpoints_of_every_stage_still_load(runs, tmp_path):
-    from lgiformer.engine.checkpoint import find_checkpoint, read_fp32_state_dict
+    from lgiformer.engine.checkpointer import find_checkpoint, read_fp32_state_dict
 
     for stage in (0, 1):
         sd = read_fp32_state_dict(find_checkpoint(runs[stage]))
@@ -119,11 +119,11 @@ def test_clean_checkpoints_of_every_stage_still_load(runs, tmp_path):
 
 def _release(tmp_path: Path) -> Path:
     from lgiformer.models import create_model
-    from lgiformer.release import write_release
+    from lgiformer.models.release import write_release
 
     model = create_model("lgiformer_tiny_patch16_160", num_classes=3, img_size=64, num_frames=4,
                          region_size=[2, 2, 4], embed_dim=32, depth=1, num_heads=2)
-    return write_release(model, tmp_path / "release", source=dict(format="test"), class_names=["a", "b", "c"])
+    return write_release(model, tmp_path / "release", task="dfer", source=dict(format="test"), class_names=["a", "b", "c"])
 
 
 def test_load_release_refuses_factory_arguments_that_load_other_files(tmp_path):

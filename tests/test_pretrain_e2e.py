@@ -55,7 +55,7 @@ def test_single_process_run_leaves_everything(tmp_path, synthetic):
     assert list((out / "images").glob("*.png")) and list((out / "tensorboard").iterdir())
     # the release: safetensors + config.json, and the same encoder outputs as the checkpoint's weights
     import lgiformer
-    from lgiformer.engine.checkpoint import find_checkpoint, read_fp32_state_dict
+    from lgiformer.engine.checkpointer import find_checkpoint, read_fp32_state_dict
 
     release = out / "release"
     config = json.loads((release / "config.json").read_text())
@@ -81,7 +81,7 @@ def test_two_processes_match_one_process(tmp_path, synthetic):
     common = ("--optim.epochs", "2", "--release_dir", "none")
     _pretrain(one, synthetic, "--run.batch_size", "4", *common)
     _pretrain(two, synthetic, "--run.batch_size", "2", *common, nproc=2)
-    from lgiformer.engine.checkpoint import find_checkpoint, read_fp32_state_dict
+    from lgiformer.engine.checkpointer import find_checkpoint, read_fp32_state_dict
 
     a, b = read_fp32_state_dict(find_checkpoint(one)), read_fp32_state_dict(find_checkpoint(two))
     assert find_checkpoint(one).name == find_checkpoint(two).name == "epoch0002_step00000004"
@@ -95,7 +95,7 @@ def test_zero_checkpoint_of_two_processes_resumes_in_one_with_its_optimiser_stat
     """DeepSpeed refuses to load a ZeRO 1-3 checkpoint on another number of processes. It is converted to the
     universal format, and the moved run takes the same steps as the 2-process run: the same weights at the end
     (a fresh optimiser state would not give them). Stage 3 also logs images, a forward that every process must run."""
-    from lgiformer.engine.checkpoint import find_checkpoint, read_fp32_state_dict
+    from lgiformer.engine.checkpointer import find_checkpoint, read_fp32_state_dict
 
     two, moved = tmp_path / "two", tmp_path / "moved"
     common = ("--optim.epochs", "2", "--run.zero_stage", str(stage), "--release_dir", "none", "--run.image_every", "1")
@@ -127,7 +127,7 @@ def test_sigkill_mid_epoch_then_resume_auto_matches_uninterrupted_run(tmp_path, 
             pytest.fail("the run ended before it could be killed")
         time.sleep(0.05)
     kill_tree(proc)
-    from lgiformer.engine.checkpoint import complete_checkpoints
+    from lgiformer.engine.checkpointer import complete_checkpoints
 
     assert [p.name for p in complete_checkpoints(cut / "checkpoints")] == ["epoch0001_step00000004"]
     _pretrain(cut, synthetic, "--release_dir", "none", "--run.resume", "auto")
@@ -163,7 +163,7 @@ def _sigterm_mid_epoch(out, synthetic, *extra) -> dict:
     finally:
         kill_tree(proc)
     assert proc.returncode == 143, err[-2000:]
-    from lgiformer.engine.checkpoint import find_checkpoint, read_client_state
+    from lgiformer.engine.checkpointer import find_checkpoint, read_client_state
 
     state = read_client_state(find_checkpoint(out))
     assert state["loop"]["batch_in_epoch"] > 0  # saved in the middle of an epoch
@@ -180,7 +180,7 @@ def test_sigterm_saves_a_mid_epoch_checkpoint_and_resume_continues(tmp_path, syn
     out = tmp_path / "term"
     _sigterm_mid_epoch(out, synthetic, "--data.repeat_aug", "2")
     _pretrain(out, synthetic, "--release_dir", "none", "--run.resume", "auto", "--data.repeat_aug", "2")
-    from lgiformer.engine.checkpoint import find_checkpoint
+    from lgiformer.engine.checkpointer import find_checkpoint
 
     assert find_checkpoint(out).name == "epoch0003_step00000024"
     steps = _steps(out)
@@ -196,7 +196,7 @@ def test_resume_with_another_batch_layout_follows_the_new_schedule(tmp_path, syn
     assert state["layout"] == {"samples_per_batch": 2, "batches_per_epoch": 4}
     _pretrain(out, synthetic, "--release_dir", "none", "--run.resume", "auto", "--run.batch_size", "8")
     _pretrain(fresh, synthetic, "--release_dir", "none", "--run.batch_size", "8")
-    from lgiformer.engine.checkpoint import find_checkpoint
+    from lgiformer.engine.checkpointer import find_checkpoint
 
     assert find_checkpoint(out).name == find_checkpoint(fresh).name == "epoch0003_step00000003"
     expected, resumed = _lrs(fresh), _lrs(out)
@@ -210,7 +210,7 @@ def test_config_errors_are_clear(tmp_path):
     assert proc.returncode == 2
     assert "unknown key 'batch_sise'" in proc.stderr and "did you mean batch_size" in proc.stderr
     from lgiformer.config import ConfigError
-    from lgiformer.engine.pretrain import load_pretrain_config
+    from lgiformer.tasks.pretrain import load_pretrain_config
 
     with pytest.raises(ConfigError, match=r"run.batch_size \(2, .*\) must be a multiple of data.repeat_aug \(3"):
         load_pretrain_config(str(CONFIG), ["--data.repeat_aug", "3"])

@@ -1,7 +1,8 @@
-"""AU losses, occurrence-based weights and target transforms.
+"""AU losses: functional forms, then the ``AULoss`` modules the training code builds by name.
 
-docs/AU_METHODS.md#shared-rules-u1-u6 (U1-U4) and its sections on MDWA / WDI, online KD, the MONET loss, attention
-guidance and label smoothing.
+docs/AU_METHODS.md#shared-rules-u1-u6 (U1-U4) and its sections on MDWA / WDI, online KD and the MONET loss; the
+weights live in :mod:`lgiformer.au.weights`, label smoothing in :mod:`lgiformer.au.label_targets`, attention
+guidance in :mod:`lgiformer.au.attention_guidance`.
 
 Functional forms first (pure tensor functions, easy to test), then the ``AULoss`` modules used by the training code::
 
@@ -14,75 +15,21 @@ mode); per-AU vectors (``weight``, ``rates``, ``gamma``) broadcast over the last
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lgiformer.au.attention_guidance import H2PLoss, PAtteLLoss
+from lgiformer.au.label_targets import build_target_transform
+from lgiformer.au.weights import _au_weight, _buffer, _valid, _weighted
+
 Tensor = torch.Tensor
 
-__all__ = [
-    "occurrence_rates", "inverse_frequency_weights", "prior_bias", "masked_weighted_bce", "weighted_dice",
-    "mdwa_gamma", "mdwa_loss", "bernoulli_kd", "vls_targets", "vals_targets", "rhls_alphas", "rhls_targets",
-    "slot_targets", "prior_heatmaps", "pattel_loss", "h2p_loss", "default_h2p_assignment",
-    "VLS", "VALS", "RHLS", "WeightedBCELoss", "DiceLoss", "MDWALoss", "BernoulliKDLoss", "OKDLoss", "MonetLoss",
-    "PAtteLLoss", "H2PLoss", "register_au_loss", "build_au_loss", "build_target_transform", "list_au_losses",
-]
-
-_RATE_EPS = 1e-6
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# U1 / U2: occurrence rates, inverse-frequency weights, prior bias
-# ------------------------------------------------------------------------------------------------------------------
-def occurrence_rates(labels: Tensor, valid: Optional[Tensor] = None) -> Tensor:
-    """Per-AU positive rate ``r_i`` over every leading axis, counting only valid labels (compute it per fold on the
-    training split). AUs with no valid label get rate 0."""
-    labels = torch.as_tensor(labels, dtype=torch.float64)
-    v = torch.ones_like(labels) if valid is None else torch.as_tensor(valid, dtype=torch.float64)
-    dims = tuple(range(labels.dim() - 1))
-    return ((labels * v).sum(dims) / v.sum(dims).clamp_min(1.0)).float()
-
-
-def inverse_frequency_weights(rates: Tensor, max_weight: Optional[float] = None, eps: float = _RATE_EPS) -> Tensor:
-    """U1: ``w_i = A (1/r_i) / sum_j (1/r_j)``, mean 1 over AUs. ``max_weight`` [ENG] clips the weights afterwards
-    (no renormalisation), for AUs that almost never occur."""
-    r = torch.as_tensor(rates, dtype=torch.float64).clamp_min(eps)
-    inv = 1.0 / r
-    w = inv.numel() * inv / inv.sum()
-    if max_weight is not None:
-        w = w.clamp_max(max_weight)
-    return w.float()
-
-
-def prior_bias(rates: Tensor, eps: float = _RATE_EPS) -> Tensor:
-    """U2: ``b_i = log(r_i / (1 - r_i))`` so that ``sigmoid(b_i) == r_i`` at step 0."""
-    r = torch.as_tensor(rates, dtype=torch.float64).clamp(eps, 1.0 - eps)
-    return torch.log(r / (1.0 - r)).float()
-
-
-def _au_weight(rates: Optional[Tensor], au_weighting: str, max_weight: Optional[float]) -> Optional[Tensor]:
-    if au_weighting not in ("none", "inverse_freq"):
-        raise ValueError(f"au_weighting must be 'none' or 'inverse_freq', got {au_weighting!r}")
-    if au_weighting == "none":
-        return None
-    if rates is None:
-        raise ValueError("au_weighting='inverse_freq' needs the training occurrence rates (rates=...)")
-    return inverse_frequency_weights(rates, max_weight)
-
-
-def _valid(valid: Optional[Tensor], like: Tensor) -> Tensor:
-    if valid is None:
-        return torch.ones_like(like)
-    if valid.shape != like.shape:
-        valid = valid.expand_as(like)
-    return valid.to(like.dtype)
-
-
-def _weighted(x: Tensor, weight: Optional[Tensor]) -> Tensor:
-    return x if weight is None else x * weight.to(x)
+__all__ = ["masked_weighted_bce", "weighted_dice", "mdwa_gamma", "mdwa_loss", "bernoulli_kd", "WeightedBCELoss",
+           "DiceLoss", "MDWALoss", "BernoulliKDLoss", "OKDLoss", "MonetLoss", "register_au_loss", "build_au_loss",
+           "list_au_losses"]
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -178,182 +125,8 @@ def bernoulli_kd(student_logits: Tensor, teacher_logits: Tensor, valid: Optional
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Label smoothing targets (VLS, VALS, RHLS; docs/AU_METHODS.md#label-smoothing) and dense slot targets
-# ------------------------------------------------------------------------------------------------------------------
-_CONVENTIONS = ("halved", "literal")
-
-
-def vls_targets(y: Tensor, alpha: float = 0.1) -> Tensor:
-    """VLS: ``(1 - alpha) y + alpha / 2``."""
-    return (1.0 - alpha) * y + alpha / 2.0
-
-
-def vals_targets(y: Tensor, alpha_pos: float | Tensor = 0.0, alpha_neg: float | Tensor = 0.5,
-                 convention: str = "halved") -> Tensor:
-    """VALS. ``halved`` (default, consistent with the derivation and with VLS): ``y(1 - a+/2) + (1 - y) a-/2``;
-    ``literal`` (as TH printed it, docs/AU_METHODS.md#smoothing-convention): ``y(1 - a+) + (1 - y) a-``."""
-    if convention not in _CONVENTIONS:
-        raise ValueError(f"ls_convention must be one of {_CONVENTIONS}, got {convention!r}")
-    s = 0.5 if convention == "halved" else 1.0
-    ap = torch.as_tensor(alpha_pos, dtype=y.dtype if y.is_floating_point() else torch.float32, device=y.device)
-    an = torch.as_tensor(alpha_neg, dtype=ap.dtype, device=y.device)
-    y = y.to(ap.dtype)
-    return y * (1.0 - s * ap) + (1.0 - y) * (s * an)
-
-
-def rhls_alphas(rates: Tensor, beta: float = 0.25) -> tuple[Tensor, Tensor]:
-    """RHLS (docs/AU_METHODS.md#label-smoothing): ``(alpha_+, alpha_-)`` per AU; only the majority class is smoothed."""
-    f = torch.as_tensor(rates, dtype=torch.float32).clamp(_RATE_EPS, 1.0 - _RATE_EPS)
-    a_neg = beta * torch.clamp((1.0 - 2.0 * f) / (1.0 - f), min=0.0)
-    a_pos = beta * torch.clamp((2.0 * f - 1.0) / f, min=0.0)
-    return a_pos, a_neg
-
-
-def rhls_targets(y: Tensor, rates: Tensor, beta: float = 0.25, convention: str = "halved") -> Tensor:
-    a_pos, a_neg = rhls_alphas(rates, beta)
-    return vals_targets(y, a_pos.to(y.device), a_neg.to(y.device), convention)
-
-
-class VLS:
-    """Target transform (training only): uniform label smoothing."""
-
-    def __init__(self, alpha: float = 0.1) -> None:
-        self.alpha = alpha
-
-    def __call__(self, y: Tensor) -> Tensor:
-        return vls_targets(y.float(), self.alpha)
-
-
-class VALS:
-    """Asymmetric smoothing (AU_METHODS.md#label-smoothing), TH's defaults: alpha_+ = 0, alpha_- = 0.5, halved."""
-
-    def __init__(self, alpha_pos: float = 0.0, alpha_neg: float = 0.5, ls_convention: str = "halved") -> None:
-        if ls_convention not in _CONVENTIONS:
-            raise ValueError(f"ls_convention must be one of {_CONVENTIONS}, got {ls_convention!r}")
-        self.alpha_pos, self.alpha_neg, self.ls_convention = alpha_pos, alpha_neg, ls_convention
-
-    def __call__(self, y: Tensor) -> Tensor:
-        return vals_targets(y, self.alpha_pos, self.alpha_neg, self.ls_convention)
-
-
-class RHLS:
-    """Target transform: rate-driven smoothing of the majority class, defaults beta = 0.25, halved."""
-
-    def __init__(self, rates: Tensor, beta: float = 0.25, ls_convention: str = "halved") -> None:
-        if ls_convention not in _CONVENTIONS:
-            raise ValueError(f"ls_convention must be one of {_CONVENTIONS}, got {ls_convention!r}")
-        self.alpha_pos, self.alpha_neg = rhls_alphas(rates, beta)
-        self.ls_convention = ls_convention
-
-    def __call__(self, y: Tensor) -> Tensor:
-        return vals_targets(y, self.alpha_pos.to(y.device), self.alpha_neg.to(y.device), self.ls_convention)
-
-
-def slot_targets(frame_labels: Tensor, tubelet: int, rule: str = "first",
-                 frame_valid: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-    """Dense-mode targets (AU_METHODS.md#prediction-modes): labels ``[B, T, A]`` -> ``[B, T // tubelet, A]``, validity.
-
-    ``first``: the slot's first frame; ``any``: positive if any frame is; ``majority``: positive if more than half
-    of the slot's valid frames are. A slot is valid if its first frame is (``first``) or any of its frames is."""
-    if rule not in ("first", "any", "majority"):
-        raise ValueError(f"slot target rule must be 'first', 'any' or 'majority', got {rule!r}")
-    b, t, a = frame_labels.shape
-    if t % tubelet:
-        raise ValueError(f"{t} frames are not divisible by the tubelet length {tubelet}")
-    y = frame_labels.float().view(b, t // tubelet, tubelet, a)
-    v = torch.ones_like(y) if frame_valid is None else frame_valid.float().view_as(y)
-    if rule == "first":
-        return y[:, :, 0], v[:, :, 0]
-    slot_valid = (v.sum(2) > 0).float()
-    if rule == "any":
-        return ((y * v).amax(2) > 0).float(), slot_valid
-    return ((y * v).sum(2) * 2 > v.sum(2)).float(), slot_valid
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Attention guidance (docs/AU_METHODS.md#attention-guidance): landmark prior heatmaps, PAtteL and H2P
-# ------------------------------------------------------------------------------------------------------------------
-def prior_heatmaps(centres: Tensor, grid: Sequence[int], image_size: Sequence[int], sigma: float = 1.0,
-                   centre_mask: Optional[Tensor] = None, cell_offset: float = 0.5) -> Tensor:
-    """docs/AU_METHODS.md#landmark-priors. ``centres``: ``[..., P, K, 2]`` pixels (row, col) of the K centres of each
-    prior (mono-prior: one prior with every landmark; multi-prior: one prior per AU centre). Returns
-    ``[..., P, h * w]`` heatmaps summing to 1: ``h_ij ∝ sum_k exp(-|c~_k - (i, j)|^2 / sigma^2)`` with
-    ``c~ = c * [h/H, w/W]``. Grid cell (i, j) sits at ``(i + cell_offset, j + cell_offset)`` in grid units [ENG]
-    (0.5 = the cell centre, so a centre peaks in the cell that contains it; 0 = the formula's integer lattice).
-    ``centre_mask`` (``[..., P, K]``, True = use) drops padded centres. Video: average per-frame heatmaps over the
-    tubelet before calling a loss."""
-    h, w = int(grid[0]), int(grid[1])
-    big_h, big_w = float(image_size[0]), float(image_size[1])
-    c = centres.float() * centres.new_tensor([h / big_h, w / big_w]).float()
-    ii = torch.arange(h, dtype=torch.float32, device=c.device) + cell_offset
-    jj = torch.arange(w, dtype=torch.float32, device=c.device) + cell_offset
-    pos = torch.stack(torch.meshgrid(ii, jj, indexing="ij"), -1).view(h * w, 2)  # [hw, 2]
-    d2 = ((c.unsqueeze(-2) - pos) ** 2).sum(-1)  # [..., P, K, hw]
-    logits = -d2 / (sigma ** 2)
-    if centre_mask is not None:
-        logits = logits.masked_fill(~centre_mask.bool().unsqueeze(-1), float("-inf"))
-    # log-sum over centres then normalise over positions: stable for small sigma (tends to one-hot).
-    return torch.softmax(torch.logsumexp(logits, dim=-2), dim=-1)
-
-
-def pattel_loss(attn: Tensor, prior: Tensor, f: float = 0.25, valid: Optional[Tensor] = None,
-                eps: float = 1e-12) -> Tensor:
-    """PAtteL (docs/AU_METHODS.md#pattel): cross-entropy between the prior ``h^t`` (``[B, A, n]`` or ``[B, 1, n]`` for a
-    mono-prior) and the mean attention of the first ``floor(f * H)`` heads (``attn``: probabilities ``[B, H, A, n]``
-    with flattened positions, or ``[B, L, H, A, n]`` for several layers, then the loss is averaged over layers
-    [ENG]). Summed over AUs and positions, averaged over the batch; ``valid`` (``[B, A]``) drops AUs."""
-    if attn.dim() == 5:
-        return torch.stack([pattel_loss(attn[:, l], prior, f, valid, eps) for l in range(attn.shape[1])]).mean()
-    n_fh = int(math.floor(f * attn.shape[1]))
-    if n_fh == 0:
-        return attn.sum() * 0.0
-    a_bar = attn[:, :n_fh].mean(1)  # [B, A, n]
-    ce = -(prior.expand_as(a_bar) * torch.log(a_bar.clamp_min(eps))).sum(-1)  # [B, A]
-    if valid is not None:
-        ce = ce * valid.to(ce)
-    return ce.sum() / attn.shape[0]
-
-
-def default_h2p_assignment(num_heads: int, num_priors: int) -> Tensor:
-    """BP4D setting: head p is tied to prior p for the first ``min(H, P)`` heads; the rest are free."""
-    m = torch.zeros(num_heads, num_priors)
-    k = min(num_heads, num_priors)
-    m[torch.arange(k), torch.arange(k)] = 1.0
-    return m
-
-
-def h2p_loss(attn: Tensor, priors: Tensor, assignment: Optional[Tensor] = None, valid: Optional[Tensor] = None,
-             eps: float = 1e-12) -> Tensor:
-    """H2P (docs/AU_METHODS.md#h2p). ``attn``: probabilities ``[B, H, A, n]`` (or ``[B, L, H, A, n]``, averaged over
-    layers); ``priors``: ``[B, P, n]``; ``assignment``: ``M in {0,1}^{H x P}``. Per AU token t:
-    ``(1/H) sum_h sum_p M_hp / sum_p' M_hp' CE(h_p, A^t_h)``; summed over t, averaged over the batch. Heads with an
-    empty row of M contribute 0 (and receive no gradient)."""
-    if attn.dim() == 5:
-        return torch.stack([h2p_loss(attn[:, l], priors, assignment, valid, eps) for l in range(attn.shape[1])]).mean()
-    b, n_h, a, n = attn.shape
-    m = default_h2p_assignment(n_h, priors.shape[1]) if assignment is None else assignment.float()
-    m = m.to(attn.device)
-    row = m.sum(1, keepdim=True)
-    m_norm = torch.where(row > 0, m / row.clamp_min(1.0), torch.zeros_like(m))  # [H, P]
-    heads = (m.sum(1) > 0).nonzero().flatten()
-    if heads.numel() == 0:
-        return attn.sum() * 0.0
-    log_a = torch.log(attn[:, heads].clamp_min(eps))  # [B, H', A, n]; unassigned heads never enter the graph
-    ce = -torch.einsum("bpn,bhan->bhap", priors.float(), log_a)  # [B, H', A, P]
-    per = (ce * m_norm[heads].view(1, -1, 1, priors.shape[1])).sum(-1).sum(1) / n_h  # [B, A]
-    if valid is not None:
-        per = per * valid.to(per)
-    return per.sum() / b
-
-
-# ------------------------------------------------------------------------------------------------------------------
 # AULoss modules: forward(out, y, valid, **extra) -> {"loss": scalar, <part>: detached scalar}
 # ------------------------------------------------------------------------------------------------------------------
-def _buffer(module: nn.Module, name: str, value: Optional[Tensor]) -> None:
-    module.register_buffer(name, None if value is None else torch.as_tensor(value, dtype=torch.float32),
-                           persistent=False)
-
-
 class _AULoss(nn.Module):
     """Shared plumbing: target transform (AU_METHODS.md#label-smoothing; before the loss) and per-AU weights (U1)."""
 
@@ -527,41 +300,10 @@ class MonetLoss(_AULoss):
         return {"loss": loss, "monet_nll": loss.detach()}
 
 
-class PAtteLLoss(nn.Module):
-    """PAtteL on ``out["attn_all"]`` (every cross-attention layer, averaged) or ``out["attn"]``; ``priors`` passed
-    as a keyword (``[B, A, n]`` multi-prior or ``[B, 1, n]`` mono-prior)."""
-
-    def __init__(self, f: float = 0.25, weight: float = 1.0) -> None:
-        super().__init__()
-        self.f, self.weight = f, weight
-
-    def forward(self, out: Dict, y: Optional[Tensor] = None, valid: Optional[Tensor] = None, *, priors: Tensor,
-                **_: object) -> Dict[str, Tensor]:
-        attn = out.get("attn_all", out.get("attn"))
-        loss = self.weight * pattel_loss(attn, priors, self.f, valid)
-        return {"loss": loss, "pattel": loss.detach()}
-
-
-class H2PLoss(nn.Module):
-    """H2P on the head's cross-attention; ``priors`` ``[B, P, n]`` passed as a keyword (training only)."""
-
-    def __init__(self, assignment: Optional[Tensor] = None, weight: float = 1.0) -> None:
-        super().__init__()
-        _buffer(self, "assignment", assignment)
-        self.weight = weight
-
-    def forward(self, out: Dict, y: Optional[Tensor] = None, valid: Optional[Tensor] = None, *, priors: Tensor,
-                **_: object) -> Dict[str, Tensor]:
-        attn = out.get("attn_all", out.get("attn"))
-        loss = self.weight * h2p_loss(attn, priors, self.assignment, valid)
-        return {"loss": loss, "h2p": loss.detach()}
-
-
 # ------------------------------------------------------------------------------------------------------------------
 # Registries
 # ------------------------------------------------------------------------------------------------------------------
 _LOSSES: Dict[str, Callable[..., nn.Module]] = {}
-_TRANSFORMS: Dict[str, Callable[..., object]] = {"vls": VLS, "vals": VALS, "rhls": RHLS}
 
 
 def register_au_loss(name: str, cls: Callable[..., nn.Module]) -> None:
@@ -590,12 +332,3 @@ def build_au_loss(name: str, **cfg) -> nn.Module:
             tt["rates"] = cfg.get("rates")
         cfg["target_transform"] = build_target_transform(tname, **tt)
     return _LOSSES[name](**cfg)
-
-
-def build_target_transform(name: str, **cfg):
-    """``"vls"``, ``"vals"`` or ``"rhls"`` (training-only, AU_METHODS.md#label-smoothing); ``"none"`` returns None."""
-    if name == "none":
-        return None
-    if name not in _TRANSFORMS:
-        raise ValueError(f"unknown target transform {name!r}; choose from {sorted(_TRANSFORMS)} or 'none'")
-    return _TRANSFORMS[name](**cfg)

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset, default_collate
 from lgiformer.data.lists import AUVideo, VideoSample, read_au_csv, read_video_list
 from lgiformer.data.readers import VideoReadError, open_video
 from lgiformer.data.sampling import center_indices, pretrain_indices, test_clip_indices, train_indices
+from lgiformer.data.transforms import build_transform
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +224,7 @@ def subset(dataset: RobustVideoDataset, indices: Sequence[int]) -> RobustVideoDa
     return out
 
 
-def _is_path(x) -> bool:
+def is_path(x) -> bool:
     return isinstance(x, (str, bytes)) or hasattr(x, "__fspath__")
 
 
@@ -242,7 +243,7 @@ def _open_sample(s: VideoSample, backend: str, min_frames: int, frame_opts: dict
     return reader, available
 
 
-def _frame_opts(frame_ext, frame_template) -> dict:
+def frame_opts(frame_ext, frame_template) -> dict:
     return {k: v for k, v in (("frame_ext", frame_ext), ("frame_template", frame_template)) if v}
 
 
@@ -265,16 +266,14 @@ class VideoPretrainDataset(RobustVideoDataset):
                  frame_ext: str | None = None, frame_template: str | None = None, repeat_aug: int = 1) -> None:
         if repeat_aug < 1:
             raise ValueError(f"repeat_aug must be >= 1, got {repeat_aug}")
-        if _is_path(samples):
+        if is_path(samples):
             samples = read_video_list(samples, data_root, labeled=False, check_files=check_files)
         super().__init__(len(samples), seed, max_retries)
         self.samples = list(samples)
         self.num_frames, self.stride, self.backend, self.min_frames = num_frames, stride, backend, min_frames
         self.repeat_aug = repeat_aug
-        self.frame_opts = _frame_opts(frame_ext, frame_template)
+        self.frame_opts = frame_opts(frame_ext, frame_template)
         if transform is None:
-            from lgiformer.data.transforms import build_transform
-
             transform = build_transform("pretrain", input_size)
         self.transform, self.mask_generator = transform, mask_generator
 
@@ -364,16 +363,14 @@ class VideoClassificationDataset(RobustVideoDataset):
         if test_num_clips < 1 or test_num_crops < 1:
             raise ValueError(f"test_num_clips and test_num_crops must be >= 1, got {test_num_clips}, "
                              f"{test_num_crops}")
-        if _is_path(samples):
+        if is_path(samples):
             samples = read_video_list(samples, data_root, labeled=True, num_classes=num_classes)
         super().__init__(len(samples), seed, max_retries)
         self.samples = list(samples)
         self.mode, self.num_frames, self.stride, self.backend = mode, num_frames, sampling_rate, backend
         self.test_num_clips, self.test_num_crops, self.min_frames = test_num_clips, test_num_crops, min_frames
-        self.frame_opts = _frame_opts(frame_ext, frame_template)
+        self.frame_opts = frame_opts(frame_ext, frame_template)
         if transform is None:
-            from lgiformer.data.transforms import build_transform
-
             norm = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
             if mode == "train":
                 transform = build_transform("train", img_size, auto_augment=auto_augment, reprob=reprob,
@@ -418,87 +415,3 @@ class VideoClassificationDataset(RobustVideoDataset):
             return torch.stack(views), s.label
         centres = [int(w[self.num_frames // 2]) + s.start for w in windows for _ in range(self.test_num_crops)]
         return (torch.stack(views), s.label, *self.au_labels.targets(s.path, centres))
-
-
-class AUVideoDataset(RobustVideoDataset):
-    """Per-frame AU labels. Clip mode: ``(clip, labels [K] float, valid [K] bool, index)`` with the labels of the
-    sampled window's centre frame (position ``num_frames // 2``); dense mode: ``(clip, labels [T, K], valid [T, K],
-    index)`` for every sampled frame. train: random window (+ augmentation, no flip), ``windows_per_video`` items
-    per video; val / test: the centre window."""
-
-    _items_attr = "videos"
-    MODES = ("train", "val", "test")
-
-    def __init__(self, videos: Sequence[AUVideo] | str, data_root: str | None = None, *, mode: str = "train",
-                 num_frames: int = 16, sampling_rate: int = 4, img_size: int = 160, dense: bool = False,
-                 au_names: Sequence[str] | None = None, auto_augment: str | None = None, reprob: float = 0.0,
-                 seed: int = 0, backend: str = "auto", max_retries: int = 10, windows_per_video: int = 1,
-                 intensity_threshold: float | None = None, frame_ext: str | None = None,
-                 frame_template: str | None = None, transform=None) -> None:
-        if mode not in self.MODES:
-            raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
-        if _is_path(videos):
-            videos, au_names = read_au_csv(videos, data_root, au_names=au_names,
-                                           intensity_threshold=intensity_threshold)
-        self.videos = list(videos)
-        if not self.videos:
-            raise ValueError("AUVideoDataset: no videos")
-        self.au_names = list(au_names or self.videos[0].au_names)
-        # several windows per video and epoch: AU videos are long and few
-        self.windows_per_video = max(1, windows_per_video if mode == "train" else 1)
-        super().__init__(self._num_items_for(self.videos), seed, max_retries)
-        self.mode, self.num_frames, self.stride, self.dense, self.backend = mode, num_frames, sampling_rate, dense, \
-            backend
-        self.frame_opts = _frame_opts(frame_ext, frame_template)
-        if transform is None:
-            from lgiformer.data.transforms import build_transform
-
-            transform = (build_transform("train", img_size, auto_augment=auto_augment, reprob=reprob, hflip=0.0)
-                         if mode == "train" else build_transform("val", img_size))
-        self.transform = transform
-
-    def _num_items_for(self, entries: list) -> int:
-        return len(entries) * self.windows_per_video
-
-    def describe(self, index: int) -> str:
-        return self.videos[index % len(self.videos)].path
-
-    def load(self, index: int, rng: np.random.Generator):
-        v = self.videos[index % len(self.videos)]
-        n = len(v.frames)
-        if n < 1:
-            raise VideoReadError(v.path, "no labelled frames")
-        positions = (train_indices(n, self.num_frames, self.stride, rng) if self.mode == "train"
-                     else center_indices(n, self.num_frames, self.stride))
-        frames = open_video(v.path, self.backend, **self.frame_opts).get(v.frames[positions].tolist())
-        clip = self.transform(frames)
-        if self.dense:
-            return clip, torch.from_numpy(v.labels[positions]), torch.from_numpy(v.valid[positions])
-        centre = positions[len(positions) // 2]
-        return clip, torch.from_numpy(v.labels[centre]), torch.from_numpy(v.valid[centre])
-
-
-def split_validation(samples: Sequence[VideoSample], fraction: float = 0.1, seed: int = 0
-                     ) -> tuple[list[VideoSample], list[VideoSample]]:
-    """(train, validation) out of a TRAINING list (not the test list: docs/REFERENCE.md#defect-3): about ``fraction`` of
-    each label, chosen with a fixed seed; each label keeps at least one training sample and, when it has two or
-    more, gives at least one to validation. Order within each part is the list order."""
-    samples = list(samples)
-    if not 0 <= fraction < 1:
-        raise ValueError(f"the validation fraction must be in [0, 1), got {fraction}")
-    if fraction == 0:
-        return samples, []
-    rng = np.random.default_rng([seed, 7919])
-    by_label: dict[int, list[int]] = {}
-    for i, s in enumerate(samples):
-        by_label.setdefault(getattr(s, "label", -1), []).append(i)
-    val: set[int] = set()
-    for label in sorted(by_label):
-        idx = by_label[label]
-        k = int(round(len(idx) * fraction))
-        if len(idx) > 1:
-            k = min(max(k, 1), len(idx) - 1)
-        else:
-            k = 0
-        val.update(rng.permutation(idx)[:k].tolist())
-    return [s for i, s in enumerate(samples) if i not in val], [s for i, s in enumerate(samples) if i in val]

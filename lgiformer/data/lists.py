@@ -24,6 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
+from lgiformer.data.readers import FRAME_EXTENSIONS
+
 INVALID_AU_CODES = (9, -1)
 
 
@@ -67,8 +69,6 @@ def _count_frames(path: str) -> int | None:
     """Frame count when it is cheap to know (frame folders); None for video files."""
     p = Path(path)
     if p.is_dir():
-        from lgiformer.data.readers import FRAME_EXTENSIONS
-
         return sum(1 for f in p.iterdir() if f.suffix.lower() in FRAME_EXTENSIONS)
     return None
 
@@ -220,3 +220,39 @@ def read_au_csv(csv_file: str | os.PathLike, data_root: str | os.PathLike | None
     if not videos:
         raise ListFormatError(csv_file, [(0, "the file holds no rows")])
     return videos, names
+
+
+def split_validation(items: Sequence, fraction: float = 0.1, seed: int = 0, by: str = "label"
+                     ) -> tuple[list, list]:
+    """(train, validation) out of a TRAINING list (not the test list: docs/REFERENCE.md#defect-3), chosen with a
+    fixed seed, each part in list order.
+
+    ``by="label"`` (DFER clips): about ``fraction`` of each label; a label keeps at least one training item and,
+    when it has two or more, gives at least one to validation. ``by="subject"`` (AU videos): whole subjects, so no
+    face is in both parts; ``round(fraction x subjects)`` of them, at least one when there are three or more and at
+    least one left for training."""
+    items = list(items)
+    if not 0 <= fraction < 1:
+        raise ValueError(f"the validation fraction must be in [0, 1), got {fraction}")
+    if by not in ("label", "subject"):
+        raise ValueError(f"split by 'label' or 'subject', got {by!r}")
+    if fraction == 0:
+        return items, []
+    rng = np.random.default_rng([seed, 7919])
+    if by == "subject":
+        subjects = sorted({v.subject for v in items})
+        k = int(round(len(subjects) * fraction))
+        if k == 0 and len(subjects) >= 3:
+            k = 1
+        k = min(k, len(subjects) - 1)
+        held = {subjects[i] for i in rng.permutation(len(subjects))[:max(k, 0)].tolist()}
+        return [v for v in items if v.subject not in held], [v for v in items if v.subject in held]
+    by_label: dict[int, list[int]] = {}
+    for i, s in enumerate(items):
+        by_label.setdefault(getattr(s, "label", -1), []).append(i)
+    val: set[int] = set()
+    for label in sorted(by_label):
+        idx = by_label[label]
+        k = min(max(int(round(len(idx) * fraction)), 1), len(idx) - 1) if len(idx) > 1 else 0
+        val.update(rng.permutation(idx)[:k].tolist())
+    return [s for i, s in enumerate(items) if i not in val], [s for i, s in enumerate(items) if i in val]

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-import lgiformer  # noqa: F401  (torchvision compatibility fix, needed before timm)
+from lgiformer import _compat  # noqa: F401  (torchvision compatibility fix, needed before timm)
 from timm.data.mixup import mixup_target  # noqa: E402
 
 __all__ = ["VideoMixup", "clip_cutmix_box", "one_hot_smooth"]

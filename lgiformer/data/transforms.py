@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-import lgiformer  # noqa: F401  (torchvision compatibility fix, needed before timm / torchvision)
+from lgiformer import _compat  # noqa: F401  (torchvision compatibility fix, needed before timm / torchvision)
 from PIL import Image  # noqa: E402
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: E402
 from timm.data.auto_augment import rand_augment_transform  # noqa: E402

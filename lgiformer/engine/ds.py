@@ -33,10 +33,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def amp_dtype(precision: str) -> torch.dtype:
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-
-
 def input_dtype(precision: str) -> torch.dtype:
     """The dtype batches must be cast to: half for DeepSpeed fp16 (the module is converted), fp32 otherwise."""
     return torch.float16 if precision == "fp16" else torch.float32

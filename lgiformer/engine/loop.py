@@ -1,7 +1,7 @@
 """The one training loop, shared by pretraining and finetuning.
 
-A task is a function ``step_fn(model, batch) -> {"loss": tensor, ...}`` (the model computes its own loss); the loop
-owns the rest: per-step lr / weight-decay schedules, DeepSpeed backward and step, non-finite handling, logging,
+A task's loss is a function ``step_fn(model, batch) -> {"loss": tensor, ...}`` (the model computes its own loss);
+the loop owns the rest: per-step lr / weight-decay schedules, DeepSpeed backward and step, non-finite handling, logging,
 checkpoints, preemption (SIGTERM) and resume.
 
 Reproducibility: data order comes from the sampler seeded by (seed, epoch), each sample's augmentation and mask from
@@ -10,19 +10,19 @@ before every step. So a run resumed from a checkpoint takes exactly the steps th
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import signal
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from lgiformer.engine.distributed import all_reduce_mean, all_true
+from lgiformer.distributed import DistEnv, all_reduce_mean, all_true
+from lgiformer.engine import ds
 from lgiformer.engine.logger import MeanMeter, RunLogger
 from lgiformer.engine.schedules import apply_schedule
 
@@ -79,40 +79,80 @@ def _grad_norm(model: torch.nn.Module) -> float | None:
     return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else None
 
 
-def train_one_epoch(engine, loader: Iterable, step_fn: Callable[[Any, Any], dict], state: LoopState, *,
-                    lr_values: np.ndarray, wd_values: np.ndarray, steps_in_epoch: int, seed: int, rank: int,
-                    logger: RunLogger, log_every: int, max_nonfinite: int, preemption: Preemption | None = None,
-                    on_step: Callable[[LoopState, Any], None] | None = None, progress: bool = True,
-                    clips_per_batch: int = 1, autocast: Callable[[], Any] | None = None) -> dict[str, float]:
-    """Runs micro-batches ``state.batch_in_epoch .. steps_in_epoch`` of ``state.epoch``; returns epoch means."""
+@dataclass
+class Training:
+    """What one epoch needs besides the data: the DeepSpeed engine, the per-step schedules and the run's loop
+    settings. Built once by :func:`lgiformer.engine.runner.build_training`."""
+    engine: Any
+    env: DistEnv
+    logger: RunLogger
+    precision: str
+    lr: float
+    total_batch: int
+    steps_per_epoch: int      # optimiser steps
+    batches_per_epoch: int    # micro-batches per process
+    lr_values: np.ndarray
+    wd_values: np.ndarray
+    seed: int = 0
+    log_every: int = 10
+    max_nonfinite: int = 10
+    progress: bool = True
+    clips_per_batch: int = 1  # clips in one micro-batch of one process (for clips/s)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.engine.module
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype to cast input clips to."""
+        return ds.input_dtype(self.precision)
+
+    def autocast(self):
+        return ds.autocast(self.precision, self.env.device)
+
+
+def move_batch(batch: Sequence, device: torch.device, dtype: torch.dtype) -> tuple:
+    """A batch on ``device``; its first element (the clips) also in ``dtype``, the rest (labels, masks) as they are."""
+    return tuple(x.to(device, dtype if i == 0 else None, non_blocking=True) if torch.is_tensor(x) else x
+                 for i, x in enumerate(batch))
+
+
+def train_one_epoch(training: Training, loader: Iterable, step_fn: Callable[[Any, tuple], dict],
+                    state: LoopState, preemption: Preemption | None = None,
+                    on_step: Callable[[LoopState, tuple], None] | None = None) -> dict[str, float]:
+    """Runs micro-batches ``state.batch_in_epoch .. training.batches_per_epoch`` of ``state.epoch``: ``step_fn(engine,
+    batch)`` returns the loss and any other scalars (each is logged, per step and per epoch); returns epoch means."""
+    engine, logger, env = training.engine, training.logger, training.env
+    lr_values, wd_values, steps_in_epoch = training.lr_values, training.wd_values, training.batches_per_epoch
     meter = MeanMeter()
-    model = engine
-    model.train()
+    engine.train()
     bar = tqdm(total=steps_in_epoch, initial=state.batch_in_epoch, desc=f"epoch {state.epoch}", dynamic_ncols=True,
-               disable=not (progress and logger.enabled), leave=False)
+               disable=not (training.progress and logger.enabled), leave=False)
     end = time.perf_counter()
     window_start, window_clips = end, 0
     for batch in loader:
         if state.batch_in_epoch >= steps_in_epoch:
             break
         data_time = time.perf_counter() - end
+        batch = move_batch(batch, env.device, training.dtype)
         index = min(state.step, len(lr_values) - 1)
         apply_schedule(engine.optimizer, float(lr_values[index]), float(wd_values[index]))
-        torch.manual_seed(step_seed(seed, state.step * 1000 + state.batch_in_epoch, rank))
+        torch.manual_seed(step_seed(training.seed, state.step * 1000 + state.batch_in_epoch, env.rank))
         boundary = engine.is_gradient_accumulation_boundary()
-        with autocast() if autocast is not None else contextlib.nullcontext():
-            out = step_fn(model, batch)
+        with training.autocast():
+            out = step_fn(engine, batch)
         loss = out["loss"]
         if not all_true(bool(torch.isfinite(loss.detach()).all())):
             state.consecutive_nonfinite += 1
             state.skipped_steps += 1
             log.warning("non-finite loss at epoch %d step %d (%d in a row): step skipped", state.epoch, state.step,
                         state.consecutive_nonfinite)
-            if state.consecutive_nonfinite >= max_nonfinite:
+            if state.consecutive_nonfinite >= training.max_nonfinite:
                 raise NonFiniteLossError(
                     f"{state.consecutive_nonfinite} consecutive non-finite losses (limit run.max_nonfinite="
-                    f"{max_nonfinite}) at epoch {state.epoch}, step {state.step}: lower the learning rate, use bf16 "
-                    "instead of fp16, or enable optim.clip_grad")
+                    f"{training.max_nonfinite}) at epoch {state.epoch}, step {state.step}: lower the learning rate, "
+                    "use bf16 instead of fp16, or enable optim.clip_grad")
             engine.zero_grad()
             meter.update(nonfinite_loss=1.0)
         else:
@@ -129,15 +169,14 @@ def train_one_epoch(engine, loader: Iterable, step_fn: Callable[[Any, Any], dict
                 meter.update(grad_norm=None if grad_norm is None else float(grad_norm))
             meter.update(**{k: v.detach().float() for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1})
         state.batch_in_epoch += 1
-        window_clips += clips_per_batch
+        window_clips += training.clips_per_batch
         meter.update(data_time=data_time)
         bar.update(1)
-        if state.batch_in_epoch % log_every == 0 or state.batch_in_epoch == steps_in_epoch:
+        if state.batch_in_epoch % training.log_every == 0 or state.batch_in_epoch == steps_in_epoch:
             now = time.perf_counter()
             current = dict(lr=float(lr_values[index]), wd=float(wd_values[index]), data_time=data_time,
                            clips_per_s=window_clips / max(now - window_start, 1e-9), skipped_steps=state.skipped_steps)
-            current.update({k: meter.mean(k) for k in ("loss", "loss_appearance", "loss_motion", "grad_norm", "acc")
-                            if meter.counts.get(k)})
+            current.update({k: meter.mean(k) for k in meter.counts if k not in current and k != "nonfinite_loss"})
             logger.scalars(current, state.step)
             logger.jsonl(dict(epoch=state.epoch, batch=state.batch_in_epoch, step=state.step,
                               loss=float(loss.detach()), **{k: v for k, v in current.items() if k != "loss"}),

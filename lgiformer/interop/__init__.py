@@ -15,29 +15,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from torch import nn
 
 from lgiformer.interop.hf_videomae import compare_with_transformers, export_hf_videomae, import_hf_videomae
 from lgiformer.interop.mae_dfer import import_mae_dfer
 from lgiformer.interop.reference import Imported, import_pretraining_model
 from lgiformer.interop.safe_load import UnsafeCheckpointError, load_checkpoint
 from lgiformer.interop.videomae import import_videomae
+from lgiformer.models.release import load_release, write_release
 
 __all__ = ["Imported", "UnsafeCheckpointError", "compare_with_transformers", "export_hf_videomae",
            "import_hf_videomae", "import_mae_dfer", "import_pretraining_model", "import_videomae", "load_checkpoint",
            "load_release", "write_imported"]
 
 
-def write_imported(imported: Imported, out_dir: str | os.PathLike) -> Path:
-    """Write an imported model as a release (safetensors + config.json + model card)."""
-    from lgiformer.release import write_release
-
-    return write_release(imported.model, out_dir, source=imported.source, notes=imported.summary())
-
-
-def load_release(path: str | os.PathLike) -> nn.Module:
-    """The model stored in a release directory, in eval mode, ready for ``model(clips)``
-    (clips normalised, B x 3 x T x H x W)."""
-    from lgiformer.release import load_release as _load
-
-    return _load(path)
+def write_imported(imported: Imported, out_dir: str | os.PathLike, **extra) -> Path:
+    """Write an imported model as a release (safetensors + config.json + model card): a classifier's task is dfer,
+    an encoder's pretrain (its weights come from pretraining). ``extra`` goes into config.json (``class_names``,
+    ``data``)."""
+    task = "dfer" if imported.model.model_args.get("num_classes") else "pretrain"
+    return write_release(imported.model, out_dir, task=task, source=imported.source, notes=imported.summary(),
+                         **extra)

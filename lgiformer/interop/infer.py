@@ -18,12 +18,15 @@ import torch
 
 from lgiformer.models import ENCODER_NAMES
 
-__all__ = ["infer_heads", "infer_encoder_args", "pick_variant", "parse_reference_name"]
+__all__ = ["MAE_DFER_DEFAULTS", "VIDEOMAE_DEFAULTS", "infer_heads", "infer_encoder_args", "pick_variant", "parse_reference_name"]
 
 # Widths of the reference variants -> their head counts (VideoMAE S/B/L/H/g, MAE-DFER base 512).
 KNOWN_HEADS = {384: 6, 512: 8, 768: 12, 1024: 16, 1280: 16, 1408: 16}
 DEFAULT_REGION = (2, 5, 10)
 POOL_FROM_REFERENCE = {"region": "region", "org": "local", "all": "all"}  # MAE-DFER lg_classify_token_type
+# What the released models were trained with, used where neither the weights nor the file's args say.
+MAE_DFER_DEFAULTS = dict(img_size=160, num_frames=16, region_size=(2, 5, 10), norm_eps=1e-6)
+VIDEOMAE_DEFAULTS = dict(img_size=224, num_frames=16, norm_eps=1e-6)
 
 
 def _blocks_depth(sd: Mapping[str, torch.Tensor]) -> int:

@@ -4,12 +4,10 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+from lgiformer.interop.infer import MAE_DFER_DEFAULTS
 from lgiformer.interop.reference import Imported, import_reference
 
 __all__ = ["MAE_DFER_DEFAULTS", "import_mae_dfer"]
-
-# What the released MAE-DFER models were trained with, used where neither the weights nor the file's args say.
-MAE_DFER_DEFAULTS = dict(img_size=160, num_frames=16, region_size=(2, 5, 10), norm_eps=1e-6)
 
 
 def import_mae_dfer(path: str | os.PathLike, *, num_heads: int | None = None, img_size: int | None = None,

@@ -17,16 +17,18 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from lgiformer.interop.infer import POOL_FROM_REFERENCE, infer_encoder_args, parse_reference_name, pick_variant
+from lgiformer.interop.infer import (MAE_DFER_DEFAULTS, POOL_FROM_REFERENCE, VIDEOMAE_DEFAULTS, infer_encoder_args,
+                                     infer_heads, parse_reference_name, pick_variant)
 from lgiformer.interop.safe_load import load_checkpoint
-from lgiformer.models import create_model
+from lgiformer.models import MaskedVideoAutoencoder, create_model
 from lgiformer.models.vit import checkpoint_filter_fn as vit_filter
 from lgiformer.tokens import sinusoid_table
 
 __all__ = ["Imported", "detect_family", "import_reference", "load_encoder", "unwrap_state_dict"]
 
 STATE_DICT_KEYS = ("model", "module", "state_dict", "model_state")
-PRETRAIN_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token")
+# Entries of a pretraining checkpoint that finetuning never uses.
+PRETRAIN_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token", "decoder_pos_embed")
 
 
 @dataclass
@@ -220,11 +222,6 @@ def import_pretraining_model(path: str | os.PathLike, fmt: str = "mae-dfer", *, 
     """The whole masked autoencoder of a reference pretraining ``.pth`` (encoder with its final norm, decoder,
     mask token), to continue pretraining. ``fmt`` "mae-dfer" (appearance + motion targets, region-balanced
     masking) or "videomae" (pixel target, tube masking). ``encoder_kwargs`` as for the encoder importers."""
-    from lgiformer.interop.infer import infer_heads
-    from lgiformer.interop.mae_dfer import MAE_DFER_DEFAULTS
-    from lgiformer.interop.videomae import VIDEOMAE_DEFAULTS
-    from lgiformer.models import MaskedVideoAutoencoder
-
     family, defaults = {"mae-dfer": ("lgiformer", MAE_DFER_DEFAULTS), "videomae": ("vit", VIDEOMAE_DEFAULTS)}[fmt]
     ckpt = load_checkpoint(path)
     sd, _ = unwrap_state_dict(ckpt, checkpoint_key)

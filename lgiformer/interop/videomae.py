@@ -6,11 +6,11 @@ import os
 
 import torch
 
+from lgiformer.interop.hf_videomae import hf_to_ours
+from lgiformer.interop.infer import VIDEOMAE_DEFAULTS
 from lgiformer.interop.reference import Imported, import_reference
 
 __all__ = ["VIDEOMAE_DEFAULTS", "convert_hf_state_dict", "import_videomae"]
-
-VIDEOMAE_DEFAULTS = dict(img_size=224, num_frames=16, norm_eps=1e-6)
 
 
 def import_videomae(path: str | os.PathLike, *, num_heads: int | None = None, img_size: int | None = None,
@@ -26,6 +26,4 @@ def import_videomae(path: str | os.PathLike, *, num_heads: int | None = None, im
 
 def convert_hf_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A transformers VideoMAE state dict in VideoViT names (pretraining decoder entries are left out)."""
-    from lgiformer.interop.hf_videomae import hf_to_ours
-
     return hf_to_ours(sd)[0]

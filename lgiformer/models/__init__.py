@@ -1,41 +1,71 @@
-"""Model registry: encoders are registered with timm under timm-style names; ``create_model`` builds them."""
+"""Model registry: encoders are registered with timm under timm-style names (importing this package is enough for
+``timm.create_model("lgiformer_base_patch16_160")``); :func:`create_model` builds an encoder, :func:`build_model`
+any model a release can hold (an encoder or classifier, or an encoder with AU heads)."""
 from __future__ import annotations
 
 import inspect
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import timm
 from torch import nn
 
+from lgiformer.models.au import COMPOSITES, AUModel, ExpressionAUModel
+from lgiformer.models.base import VideoEncoder
 from lgiformer.models.lgiformer import LGIBlock, LGIFormer
 from lgiformer.models.mae import MaskedVideoAutoencoder
 from lgiformer.models.vit import VideoViT
 
-ENCODER_NAMES = (
-    "lgiformer_tiny_patch16_160", "lgiformer_small_patch16_160", "lgiformer_base_patch16_160",
-    "lgiformer_large_patch16_160", "vit_tiny_patch16_160", "vit_small_patch16_160", "vit_base_patch16_160",
-)
+# Every encoder registered by this package's model files (timm keys its registry by the file's module name).
+ENCODER_NAMES = tuple(sorted(timm.list_models(module="lgiformer")) + sorted(timm.list_models(module="vit",
+                                                                                         filter="*_patch16_160")))
+_FAMILIES = {"lgiformer": LGIFormer, "vit": VideoViT}
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
+def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered encoder (``lgiformer_*`` or ``vit_*``); kwargs override the variant's arguments."""
     if name not in ENCODER_NAMES:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(ENCODER_NAMES)}")
     return timm.create_model(name, **kwargs)
 
 
-def model_arguments(name: str) -> frozenset[str]:
-    """The constructor arguments of a registered encoder: what a saved ``model_args`` may contain."""
+def encoder_class(name: str) -> type[VideoEncoder]:
     if name not in ENCODER_NAMES:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(ENCODER_NAMES)}")
-    cls = LGIFormer if name.startswith("lgiformer") else VideoViT
-    return frozenset(p for p in inspect.signature(cls.__init__).parameters if p != "self")
+    return _FAMILIES[name.split("_")[0]]
+
+
+def model_arguments(name: str) -> frozenset[str]:
+    """The constructor arguments of a registered encoder or a composite: what a saved ``model_args`` may contain."""
+    cls = COMPOSITES[name][0] if name in COMPOSITES else encoder_class(name)
+    return frozenset(p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "pretrained_cfg", "rates"))
+
+
+def build_model(name: str, model_args: Mapping[str, Any], where: str = "model_args") -> nn.Module:
+    """The model ``name`` (an encoder variant, ``au_model`` or ``expression_au_model``) from its saved arguments,
+    refusing any key its constructor does not take: a factory argument such as timm's ``checkpoint_path`` would
+    make building the model load (and unpickle) another file."""
+    if not isinstance(model_args, Mapping):
+        raise ValueError(f"{where}: expected a mapping of the model's arguments, got {model_args!r}")
+    try:
+        accepted = model_arguments(str(name))
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    unknown = sorted(set(model_args) - accepted)
+    if unknown:
+        raise ValueError(f"{where}: model_args {unknown} are not arguments of {name}; refusing to build the model "
+                         f"(accepted: {', '.join(sorted(accepted))})")
+    if name not in COMPOSITES:
+        return create_model(name, **model_args)
+    cls, key = COMPOSITES[name]
+    spec = model_args.get(key) or {}
+    inner = build_model(spec.get("model_name", ""), spec.get("model_args", {}), f"{where}.{key}")
+    return cls(inner, **{k: v for k, v in model_args.items() if k != key})
 
 
 def build_pretrain_model(encoder: str, *, decoder_embed_dim: int = 384, decoder_depth: int = 4,
                          decoder_num_heads: int = 6, mask_type: str = "region_balanced", mask_ratio: float = 0.9,
                          targets: Sequence[str] = ("appearance", "motion"), motion_weight: float = 0.5,
-                         **encoder_kwargs) -> MaskedVideoAutoencoder:
+                         **encoder_kwargs: Any) -> MaskedVideoAutoencoder:
     """The masked autoencoder around an encoder built with no head and no pooling. Accepts ``norm_mean`` and
     ``norm_std`` (ImageNet by default) for un-normalising the targets."""
     mae_kwargs = {k: encoder_kwargs.pop(k) for k in ("norm_mean", "norm_std") if k in encoder_kwargs}
@@ -44,5 +74,12 @@ def build_pretrain_model(encoder: str, *, decoder_embed_dim: int = 384, decoder_
                                   targets, motion_weight, **mae_kwargs)
 
 
-__all__ = ["ENCODER_NAMES", "LGIBlock", "LGIFormer", "MaskedVideoAutoencoder", "VideoViT", "build_pretrain_model",
-           "create_model", "model_arguments"]
+def describe_model(model: nn.Module) -> str:
+    n = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return f"{n / 1e6:.2f} M parameters ({trainable / 1e6:.2f} M trainable)"
+
+
+__all__ = ["AUModel", "ENCODER_NAMES", "ExpressionAUModel", "LGIBlock", "LGIFormer", "MaskedVideoAutoencoder",
+           "VideoEncoder", "VideoViT", "build_model", "build_pretrain_model", "create_model", "describe_model",
+           "encoder_class", "model_arguments"]

@@ -16,7 +16,7 @@ from torch import nn
 
 from lgiformer.layers import Block
 from lgiformer.masking import MaskGenerator
-from lgiformer.models.lgiformer import _init_weights
+from lgiformer.models.base import init_weights
 from lgiformer.targets import build_targets, part_sizes
 from lgiformer.tokens import patchify, sinusoid_table, unpatchify
 
@@ -70,8 +70,8 @@ class MaskedVideoAutoencoder(nn.Module):
                                mlp_ratio, norm_eps=norm_eps)
         self.register_buffer("norm_mean", torch.tensor(norm_mean, dtype=torch.float32), persistent=False)
         self.register_buffer("norm_std", torch.tensor(norm_std, dtype=torch.float32), persistent=False)
-        self.encoder_to_decoder.apply(_init_weights)
-        self.decoder.apply(_init_weights)
+        self.encoder_to_decoder.apply(init_weights)
+        self.decoder.apply(init_weights)
         trunc_normal_(self.mask_token, std=0.02)
 
     @torch.jit.ignore

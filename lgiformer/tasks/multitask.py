@@ -1,75 +1,94 @@
-"""Multi-task DFER + AU: the expression classifier with an auxiliary AU head on the same encoder tokens.
+"""DFER + AU multi-task (``task: dfer`` with ``au.aux_weight > 0``): the expression classifier with an auxiliary AU
+head on the same encoder tokens, trained on ``CE + aux_weight x AU loss`` (docs/AU.md).
 
-``model(clips)`` returns the expression logits, exactly as the plain classifier does, so validation, testing,
-releases and ``lgiformer.predict`` need nothing new; ``model(clips, with_au=True)`` also returns the AU head's
-output dict (``logits`` ``[B, A]``, ...), which the training step and the AU metrics read.
-
-A pooled classifier's ``forward_features`` skips the encoder's final norm (the pooled features get ``fc_norm``
-instead), so the AU branch has its own LayerNorm, the one an unpooled encoder would apply. :func:`export_au_model`
-uses that to write the AU branch as a plain :class:`~lgiformer.engine.finetune_au.AUModel` (encoder + AU head)
-that ``load_au_model`` rebuilds and that gives the same AU probabilities.
+The clips' per-frame AUs come from an AU CSV (``data.au_labels`` or the dataset's ``au_labels`` list); each clip is
+labelled with the AUs of its window's centre frame. Under mixup / cutmix the AU targets are mixed with the same
+lambda and partner as the clips (the area actually pasted, for cutmix), and an AU entry counts only where both
+clips have it annotated. The release is the whole model (task ``dfer_au``): its ``model(clips)`` gives the
+expression logits, as a classifier's does.
 """
 from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from lgiformer.au.heads import head_no_weight_decay
-from lgiformer.engine.finetune_au import CLASSIFIER_ARGS, AUModel, au_probs, prefixed_groups
+from lgiformer.config import ConfigError
+from lgiformer.data import ClipAULabels, DatasetSpec
+from lgiformer.models import ExpressionAUModel
+from lgiformer.tasks.au import MIN_RATE, build_loss, training_rates
+from lgiformer.tasks.dfer import DFERTask, classification_loss
 
-__all__ = ["ExpressionAUModel", "au_probs", "export_au_model"]
-
-# Keys of a pooled classifier that an unpooled, head-less encoder does not have.
-_CLASSIFIER_ONLY = ("head.", "fc_norm.")
-
-
-class ExpressionAUModel(nn.Module):
-    """``classifier`` (a pooled encoder with its expression head) + ``au_head`` on its tokens."""
-
-    def __init__(self, classifier: nn.Module, au_head: nn.Module, num_aus: int,
-                 rates: torch.Tensor | None = None) -> None:
-        super().__init__()
-        if not getattr(classifier, "global_pool", ""):
-            raise ValueError("ExpressionAUModel needs a pooled classifier (global_pool set)")
-        self.classifier, self.au_head, self.num_aus = classifier, au_head, num_aus
-        self.au_norm = nn.LayerNorm(int(classifier.embed_dim), eps=classifier.model_args.get("norm_eps", 1e-6))
-        self.grid = tuple(int(g) for g in classifier.grid_size)
-        self.n_special = int(getattr(classifier, "num_prefix_tokens", 0))
-        self.model_name, self.model_args = classifier.model_name, classifier.model_args
-        if rates is not None and hasattr(au_head, "init_prior_bias"):
-            au_head.init_prior_bias(rates)
-
-    def forward(self, clips: torch.Tensor, with_au: bool = False):
-        tokens = self.classifier.forward_features(clips)
-        logits = self.classifier.forward_head(tokens)
-        if not with_au:
-            return logits
-        return logits, dict(self.au_head(self.au_norm(tokens), grid=self.grid, n_special=self.n_special))
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        skip = {f"classifier.{k}" for k in self.classifier.no_weight_decay()}
-        skip |= head_no_weight_decay(self.au_head, "au_head.")
-        return skip
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        """The encoder's layer-decay groups under ``classifier.``; both heads and ``au_norm`` (unmatched) land in
-        the last group (lr scale 1)."""
-        return prefixed_groups(self.classifier.group_matcher(coarse), r"classifier\.")
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.classifier.set_grad_checkpointing(enable)
+log = logging.getLogger("lgiformer")
 
 
-def export_au_model(model: ExpressionAUModel) -> AUModel:
-    """The AU branch as an :class:`AUModel`: an unpooled encoder holding the classifier's encoder weights and the
-    AU branch's norm as its final ``norm``, with the same AU head (shared, not copied)."""
-    from lgiformer.models import create_model
+def clip_au_label_file(data: Any, spec: DatasetSpec, data_root: Path) -> Path:
+    """The AU CSV of the classification clips: ``data.au_labels``, else the dataset's ``au_labels`` list."""
+    if data.au_labels:
+        return Path(data.au_labels)
+    if "au_labels" in spec.lists:
+        lists_dir = Path(data.lists_dir) if data.lists_dir else data_root
+        return spec.list_file("au_labels", data.fold if spec.folds > 1 else None, lists_dir)
+    raise ConfigError(f"au.aux_weight > 0 needs AU labels for the clips of {spec.name}: set data.au_labels to an AU "
+                      "CSV (header path,frame,subject,AU..., one row per frame, paths as in the clip lists)")
 
-    args = {k: v for k, v in model.classifier.model_args.items() if k not in CLASSIFIER_ARGS}
-    encoder = create_model(model.model_name, num_classes=0, global_pool="", **args)
-    state = {k: v for k, v in model.classifier.state_dict().items() if not k.startswith(_CLASSIFIER_ONLY)}
-    state.update({f"norm.{k}": v for k, v in model.au_norm.state_dict().items()})
-    encoder.load_state_dict(state)  # strict: every encoder weight comes from the classifier
-    return AUModel(encoder, model.au_head, num_aus=model.num_aus).eval()
+
+def expression_au_loss(model: nn.Module, batch: tuple, *, au_loss: nn.Module, au_weight: float, mixup: Any = None,
+                       smoothing: float = 0.0) -> dict[str, torch.Tensor]:
+    """``CE + au_weight x AU loss`` on ``(clips, labels, au [B, A], au_valid [B, A], ...)``, with ``cls`` and ``au``
+    logged apart; under mixup / cutmix the AU targets are mixed like the clips (see the module docstring)."""
+    clips, labels, au, au_valid = batch[0], batch[1], batch[2].float(), batch[3].bool()
+    target = None
+    if mixup is not None:
+        clips, target = mixup(clips, labels)
+        if mixup.last_lam < 1.0:
+            lam = mixup.last_lam
+            au, au_valid = lam * au + (1.0 - lam) * au.flip(0), au_valid & au_valid.flip(0)
+    logits, au_out = model(clips, with_au=True)
+    parts = classification_loss(logits, labels, target, smoothing)
+    au_parts = au_loss(au_out, au, au_valid.float())
+    return {"loss": parts["loss"] + au_weight * au_parts["loss"], "cls": parts["loss"].detach(),
+            "au": au_parts["loss"].detach(), "acc": parts["acc"]}
+
+
+class DFERAUTask(DFERTask):
+    name = "dfer_au"
+
+    def attach_au(self) -> None:
+        a = self.cfg.au
+        path = clip_au_label_file(self.cfg.data, self.spec, self.data_root)
+        table = ClipAULabels.from_csv(path, self.data_root, au_names=self.spec.au_names or None)
+        labelled = [table.video(s.path) for s in self.train_samples if s.path in table]
+        if not labelled:
+            raise ConfigError(f"{path}: none of the {len(self.train_samples)} training clips has AU labels (the AU CSV's "
+                              f"paths must match the clip list's, relative to {self.data_root})")
+        self.rates = training_rates(labelled).clamp_min(MIN_RATE)
+        self.au_names = table.au_names
+        log.info("multi-task DFER + AU: AU labels %s for %d of %d training clips; AUs %s; rates %s; AU loss weight %g",
+                 path, len(labelled), len(self.train_samples), ",".join(table.au_names),
+                 " ".join(f"{r:.3f}" for r in self.rates.tolist()), a.aux_weight)
+        head_args, _ = a.split_head_args()
+        self.model = ExpressionAUModel(self.model, a.head, head_args, num_aus=len(self.au_names), rates=self.rates)
+        self.au_loss, _ = build_loss(a, self.rates)
+        self.au_loss = self.au_loss.to(self.env.device)
+        self.common["au_labels"] = table
+
+    def loss(self, model: nn.Module, batch: tuple) -> dict[str, torch.Tensor]:
+        return expression_au_loss(model, batch, au_loss=self.au_loss, au_weight=self.cfg.au.aux_weight,
+                                  mixup=self.mixup, smoothing=self.cfg.data.smoothing)
+
+    def au_eval_args(self) -> dict[str, Any]:
+        return dict(au_names=self.au_names, au_threshold=self.cfg.au.threshold)
+
+    def checkpoint_info(self) -> dict[str, Any]:
+        return dict(super().checkpoint_info(), au_names=self.au_names)
+
+    def release_extra(self) -> dict[str, Any]:
+        return dict(au_names=list(self.au_names), rates=[float(r) for r in self.rates],
+                    threshold=self.cfg.au.threshold)
+
+    def release_training_extra(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        return dict(test_au_mean_f1=metrics["au"]["mean_f1"])

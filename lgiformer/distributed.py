@@ -1,4 +1,5 @@
-"""One way to find out who we are in a distributed run: torchrun, then Slurm, then a single process.
+"""One way to find out who we are in a distributed run (torchrun, then Slurm, then a single process), and the few
+collectives the library needs.
 
 DeepSpeed needs RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT (without them it falls back to MPI
 discovery and fails on mpi4py), so a plain ``python pretrain/run.py`` and an ``srun`` task get them filled in here.
@@ -12,6 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from datetime import timedelta
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -108,6 +110,32 @@ def all_true(flag: bool, device: torch.device | None = None) -> bool:
     t = torch.tensor([0 if flag else 1], device=device or "cpu")
     dist.all_reduce(t)
     return int(t.item()) == 0
+
+
+def gather_arrays(*arrays):
+    """Every rank's ``arrays`` (numpy arrays or tensors), concatenated along the first axis in rank order; the
+    arrays themselves in one process. For evaluation results, which are small."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return arrays
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, arrays)
+    cat = [torch.cat if torch.is_tensor(a) else np.concatenate for a in arrays]
+    return tuple(cat[i]([p[i] for p in parts]) for i in range(len(arrays)))
+
+
+def broadcast_object(value):
+    """Rank 0's ``value`` on every rank."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def destroy() -> None:

@@ -23,13 +23,18 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
+
+from lgiformer.interop.reference import PRETRAIN_ONLY, detect_family, is_pretraining, unwrap_state_dict
+from lgiformer.interop.safe_load import load_checkpoint
+from lgiformer.interop.videomae import convert_hf_state_dict
+from lgiformer.models.vit import checkpoint_filter_fn
 
 log = logging.getLogger(__name__)
 
 RANDOM_INIT = ("", "none", "random", "scratch")
 _STRIP_PREFIXES = ("module.", "_orig_mod.", "backbone.", "encoder.")
-_PRETRAIN_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token", "decoder_pos_embed")
 _HEAD_PREFIXES = ("head.",)
 
 
@@ -80,24 +85,17 @@ def read_state_dict(source: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
         sd = _load_safetensors(path)
         return sd, "hf_videomae" if _guess_format(sd) == "hf_videomae" else "safetensors", {"config": config}
-    from lgiformer.interop.reference import unwrap_state_dict
-    from lgiformer.interop.safe_load import load_checkpoint
-
     ckpt = load_checkpoint(path)
     sd, used = unwrap_state_dict(ckpt)
     return sd, _guess_format(sd), {k: v for k, v in ckpt.items() if k != used} if used else {}
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     return load_file(str(path), device="cpu")
 
 
 def _guess_format(sd: Mapping[str, torch.Tensor]) -> str:
     """The report's name for the weights' origin; the family and pretraining tests are the importers' own."""
-    from lgiformer.interop.reference import detect_family, is_pretraining
-
     if any(k.startswith(("videomae.", "embeddings.patch_embeddings.", "encoder.layer.")) for k in sd):
         return "hf_videomae"
     try:
@@ -108,20 +106,11 @@ def _guess_format(sd: Mapping[str, torch.Tensor]) -> str:
     return f"{origin}_pretrain" if is_pretraining(sd) else f"{origin}_finetuned"
 
 
-def _convert_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    try:
-        from lgiformer.interop import videomae  # the interop converter (optional)
-    except ImportError as err:
-        raise ValueError("this is a Hugging Face transformers VideoMAE file; convert it first with "
-                         "`python -m lgiformer.convert` (lgiformer.interop.videomae is not available)") from err
-    return videomae.convert_hf_state_dict(sd)
-
-
 def filter_state_dict(sd: Mapping[str, torch.Tensor], model: nn.Module, fmt: str = "state_dict"
                       ) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str]]:
     """Checkpoint names -> the model's names. Returns (usable weights, ignored key -> reason, notes)."""
     if fmt == "hf_videomae":
-        sd = _convert_hf(dict(sd))
+        sd = convert_hf_state_dict(dict(sd))
     target = model.state_dict()
     out, ignored, notes = {}, {}, []
     for key, value in sd.items():
@@ -129,13 +118,11 @@ def filter_state_dict(sd: Mapping[str, torch.Tensor], model: nn.Module, fmt: str
         for prefix in _STRIP_PREFIXES:
             if name.startswith(prefix):
                 name = name[len(prefix):]
-        if key.startswith(_PRETRAIN_ONLY) or name.startswith(_PRETRAIN_ONLY):
+        if key.startswith(PRETRAIN_ONLY) or name.startswith(PRETRAIN_ONLY):
             ignored[key] = "pretraining only"
             continue
         out[name] = value
     if any(k.endswith("attn.qkv.weight") for k in out):  # VideoMAE fused qkv -> q and kv
-        from lgiformer.models.vit import checkpoint_filter_fn
-
         out = checkpoint_filter_fn(out)
     usable, mismatched = {}, []
     for name, value in out.items():

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lgiformer.au.losses import prior_bias
+from lgiformer.au.weights import prior_bias
 
 Tensor = torch.Tensor
 

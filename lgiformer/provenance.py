@@ -1,0 +1,27 @@
+"""Which code made a file: the package version and, in a git checkout, the commit (``-dirty`` with uncommitted
+changes). Written into every run's resolved ``config.yaml`` and every release's ``config.json``."""
+from __future__ import annotations
+
+import functools
+import subprocess
+from pathlib import Path
+
+__version__ = "0.2.0"
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The commit of the running code, or None outside a git checkout (an installed wheel)."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def code_version() -> dict[str, str | None]:
+    return {"lgiformer": __version__, "git_commit": git_commit()}

@@ -1,0 +1,78 @@
+"""The task interface: what differs between pretraining, DFER classification, AU detection and DFER + AU.
+
+A task builds its model and training data from its config, turns a batch into losses, validates and tests, and
+says what to publish. :func:`lgiformer.engine.run` owns everything else, once for every task: processes, data
+preparation, the DeepSpeed engine and schedules, the epoch loop, checkpoints and resume, best-on-validation
+selection and writing the release. See docs/ARCHITECTURE.md for how a batch flows through both.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from lgiformer.distributed import DistEnv
+from lgiformer.optim import param_groups
+
+
+class Task:
+    """One kind of training job. Subclasses build ``model`` and ``train_set`` in ``__init__`` and implement
+    :meth:`loss`; the other hooks have defaults for a task without validation or test.
+
+    ``score`` names the validation metric (higher is better) that ``eval.select best_val`` keeps the weights of;
+    ``select`` is ``"best_val"`` or ``"last"``."""
+
+    name: ClassVar[str] = ""
+    score: ClassVar[str | None] = None
+
+    model: nn.Module
+    train_set: Dataset
+    collate_fn: Callable | None = None
+    select: str = "last"
+
+    def __init__(self, cfg: Any, env: DistEnv, data_root: Path, logger: Any) -> None:
+        self.cfg, self.env, self.data_root, self.logger = cfg, env, Path(data_root), logger
+        self.output_dir = Path(cfg.run.output_dir)
+
+    @property
+    def videos_per_batch(self) -> int:
+        """Dataset items in one loader batch of one process."""
+        return self.cfg.run.batch_size
+
+    def param_groups(self) -> list[dict]:
+        optim = self.cfg.optim
+        return param_groups(self.model, optim.weight_decay, optim.layer_decay)
+
+    def loss(self, model: nn.Module, batch: tuple) -> dict[str, torch.Tensor]:
+        """``{"loss": scalar, ...}`` for a batch already on the device; every other scalar is logged too."""
+        raise NotImplementedError
+
+    def on_step(self, training: Any, state: Any, batch: tuple) -> None:
+        """Called after every micro-batch (every process: a forward under ZeRO 3 needs all of them)."""
+
+    def validate(self, model: nn.Module, epoch: int, training: Any) -> dict[str, Any] | None:
+        """Validation scalars at the end of ``epoch`` (``score`` among them; an optional ``details`` entry is kept
+        with the best epoch's record), or None when none is due."""
+        return None
+
+    def end_of_epoch(self, epoch: int) -> dict[str, Any]:
+        """Extra per-epoch figures for the epoch record (after the loop's own)."""
+        return {}
+
+    def checkpoint_info(self) -> dict[str, Any]:
+        """Plain data saved in every checkpoint's COMPLETE.json: what the weights are."""
+        return {}
+
+    def finish(self, model: nn.Module, selection: dict[str, Any], training: Any,
+               validation: dict[str, Any] | None = None) -> dict[str, Any]:
+        """After training: test ``model`` (the selected weights; ``validation``: the details of their validation
+        when they are the best epoch's) and write the reports; returns the run's result."""
+        return {}
+
+    def release(self, model: nn.Module, result: dict[str, Any], state_dict: dict[str, torch.Tensor] | None
+                ) -> tuple[nn.Module, dict[str, torch.Tensor] | None, dict[str, Any]] | None:
+        """What to publish: (model, its weights or None for the model's own, config.json fields), or None."""
+        return None
