@@ -15,7 +15,7 @@ from lgiformer.data.sampling import (center_indices, multi_clip_indices, pretrai
 
 _LAZY = {"build_transform": "transforms", "PretrainTransform": "transforms", "TrainTransform": "transforms",
          "EvalTransform": "transforms", "VideoMixup": "mixup", "ensure_synthetic": "synthetic",
-         "generate": "synthetic"}
+         "generate": "synthetic", "resolve_root": "synthetic"}
 
 
 def __getattr__(name: str):

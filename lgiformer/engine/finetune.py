@@ -74,7 +74,7 @@ class FinetuneModelConfig:
 @dataclasses.dataclass
 class FinetuneDataConfig:
     dataset: str = "synthetic_dfer"       # a name in lgiformer/data/datasets.yaml
-    data_root: str = ""                   # "" with a synthetic dataset: data/synthetic (generated if absent)
+    data_root: str = ""                   # "" with a synthetic dataset: data/synthetic/<its options' name>
     lists_dir: str = ""                   # where the dataset's list files are ("" : data_root)
     fold: int = 1
     train_list: str = ""                  # override the registry's lists
@@ -232,7 +232,7 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
 
 def _run(cfg: FinetuneConfig, env, logger) -> dict[str, Any]:
     from lgiformer.data import (VideoClassificationDataset, VideoMixup, build_loader, ensure_synthetic,
-                                get_dataset_spec, read_video_list, split_validation)
+                                get_dataset_spec, read_video_list, resolve_root, split_validation)
     from lgiformer.evaluate import evaluate, save_report
     from lgiformer.release import write_release
     from lgiformer.tasks.build import build_classifier
@@ -240,7 +240,7 @@ def _run(cfg: FinetuneConfig, env, logger) -> dict[str, Any]:
 
     d, m = cfg.data, cfg.model
     spec = get_dataset_spec(d.dataset)
-    root = Path(d.data_root or ("data/synthetic" if spec.synthetic else ""))
+    root = resolve_root(d.data_root, d.synthetic) if spec.synthetic else Path(d.data_root)
     if spec.synthetic:
         if env.is_main:
             ensure_synthetic(root, workers="auto", **d.synthetic)

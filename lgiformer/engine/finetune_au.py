@@ -425,7 +425,8 @@ def run_au(cfg, env, logger) -> Dict[str, Any]:
     """The AU task (``task: au``) on the shared engine; see the module docstring. Returns the per-epoch records, the
     test metrics and the selection."""
     from lgiformer.config import to_dict
-    from lgiformer.data import AUVideoDataset, build_loader, ensure_synthetic, get_dataset_spec, read_au_csv
+    from lgiformer.data import (AUVideoDataset, build_loader, ensure_synthetic, get_dataset_spec, read_au_csv,
+                                resolve_root)
     from lgiformer.engine import ds, trainer
     from lgiformer.engine.distributed import barrier
     from lgiformer.engine.finetune import _lists
@@ -438,7 +439,7 @@ def run_au(cfg, env, logger) -> Dict[str, Any]:
     spec = get_dataset_spec(d.dataset)
     if spec.format != "au_csv":
         raise ValueError(f"task au needs an AU dataset (format au_csv); {spec.name} is {spec.format}")
-    root = Path(d.data_root or ("data/synthetic" if spec.synthetic else ""))
+    root = resolve_root(d.data_root, d.synthetic) if spec.synthetic else Path(d.data_root)
     if spec.synthetic:
         if env.is_main:
             ensure_synthetic(root, workers="auto", **d.synthetic)
