@@ -257,6 +257,8 @@ def test_a_folder_with_another_set_is_refused_unless_overwrite(tmp_path, capsys)
     # The same options with a part missing are completed, keeping the part that was there.
     meta = syn.ensure_synthetic(root, progress=False, **{**mine, "parts": "au"})
     assert meta["options"]["parts"] == ["labeled", "au"] and (root / "au/labels.csv").is_file()
+    (root / "meta.json").write_text(json.dumps({**meta, "version": 1}))     # made by an older generator
+    assert syn.ensure_synthetic(root, progress=False, **mine) == meta
     # Asked for: replaced. A folder of other files and no set is refused too (e.g. the folder of all the sets).
     assert syn.resolve_root(str(root), {**other, "overwrite": True}) == root
     assert syn.ensure_synthetic(root, progress=False, overwrite=True, **other)["seed"] == 1

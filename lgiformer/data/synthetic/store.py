@@ -41,7 +41,7 @@ class SyntheticSetConflict(ValueError):
 def set_name(options: Mapping[str, Any]) -> str:
     """The folder name of an option set under :data:`DATA_DIR`: its name in :data:`NAMED_SETS`, else the options
     that differ from the defaults (those that fit in 40 characters) and 8 hex digits of a SHA-256 of all of them, e.g.
-    ``seed1-subjects20-3fa4c2d1``. Options are resolved first: ``{"subjects": "40"}`` names the same set as
+    ``seed1-subjects20-05d89b7e``. Options are resolved first: ``{"subjects": "40"}`` names the same set as
     ``{"subjects": 40}``, and ``parts`` in any order the same as in canonical order."""
     resolved = SyntheticOptions(**options).to_dict()
     for name, named in NAMED_SETS.items():
