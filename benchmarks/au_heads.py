@@ -49,7 +49,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--encoder", default="auto", help="release dir / checkpoint, 'none' (random), 'auto' (the demo "
                                                       "release when present, else random)")
-    p.add_argument("--data-root", default="data/synthetic")
+    p.add_argument("--data-root", default="", help="'' (default): data/synthetic/<name of the --synthetic options>")
     p.add_argument("--synthetic", default="clips_per_class_per_subject=4",
                    help="generator options (k=v,...) when the set must be generated; the demo's by default")
     p.add_argument("--heads", nargs="+", default=list(HEADS), choices=HEADS)
@@ -198,7 +198,7 @@ def time_per_clip(encoder, head, device, runs: int, img: int, frames: int) -> fl
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from lgiformer.data import get_dataset_spec, read_au_csv
-    from lgiformer.data.synthetic import ensure_synthetic
+    from lgiformer.data.synthetic import ensure_synthetic, resolve_root
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
@@ -206,7 +206,8 @@ def main(argv=None) -> dict:
     for item in filter(None, args.synthetic.split(",")):
         k, val = item.split("=")
         opts[k.strip()] = int(val) if val.strip().isdigit() else val.strip()
-    ensure_synthetic(args.data_root, progress=False, **opts)
+    root = resolve_root(args.data_root, opts)
+    ensure_synthetic(root, progress=False, **opts)
     encoder, source, report = build_encoder(args.encoder, args.img_size, args.num_frames)
     encoder.to(device)
     margs = encoder.model_args
@@ -218,7 +219,6 @@ def main(argv=None) -> dict:
     results: dict = {h: {"folds": {}, "params": 0, "ms_per_clip": 0.0} for h in names_run}
     window = dict(num_frames=margs["num_frames"], sampling_rate=args.sampling_rate, img_size=margs["img_size"])
     for fold in args.folds:
-        root = Path(args.data_root)
         videos, names = read_au_csv(root / spec.lists["train"].format(fold=fold), root, au_names=spec.au_names)
         test_videos, _ = read_au_csv(root / spec.lists["test"].format(fold=fold), root, au_names=names)
         train_videos, _ = split_validation(videos, 0.0, by="subject")

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
             clean, _ = synthetic.render_clip(identity, expression, opts.num_frames, opts.size, rng, talking=i % 2 == 0,
                                              zoom=opts.face_zoom, noise=False)
             path = Path(tmp) / "clip.mp4"
-            synthetic._write_mp4(path, stored, opts.fps, opts.crf)
+            synthetic.write_mp4(path, stored, opts.fps, opts.crf)
             decoded = read_frames(path, range(opts.num_frames))
             t_stored, t_clean = (build_targets(to_clip(f, a.frames, a.stride, a.size), MEAN, STD, 2, 16)[0]
                                  for f in (decoded, clean))

@@ -377,7 +377,7 @@ class EncoderConfig:
 class DataConfig:
     """What every task's ``data`` section has."""
     dataset: str = ""                         # a name in lgiformer/data/datasets.yaml
-    data_root: str = ""                       # "" with a synthetic dataset: data/synthetic (generated if absent)
+    data_root: str = ""                       # "" with a synthetic dataset: data/synthetic/<its options' name>
     num_workers: int = 2
     backend: str = "auto"                     # auto | decord | pyav | frames
     bad_sample_threshold: float = 0.01

@@ -1,9 +1,12 @@
 """The typed config: layering, overrides, reference aliases, and clear errors for bad input."""
+from pathlib import Path
+
 import pytest
 
 from lgiformer.config import ConfigError, load_config, parse_overrides, split_config_arg
 from lgiformer.tasks.finetune import FinetuneConfig, load_finetune_config
 from lgiformer.tasks.pretrain import PretrainConfig, load_pretrain_config
+from lgiformer.data.synthetic import resolve_root
 
 
 def test_layering_defaults_yaml_cli(tmp_path):
@@ -109,15 +112,16 @@ def test_split_config_arg_and_recipes_load():
 
 
 def test_the_three_demos_share_one_synthetic_set():
-    """Each run regenerates data_root when its synthetic options differ from the set there; demos that disagreed
-    would overwrite each other's data (and the demo release would be pretrained on other videos than README says)."""
+    """The demo release must be pretrained on the videos that the finetuning demos use, and README's predict command
+    reads data/synthetic/demo: the three demos name no data root and ask for the same options, the "demo" set."""
     sets = {(c.data.data_root, tuple(sorted(c.data.synthetic.items()))) for c in (
         load_pretrain_config("pretrain/configs/demo.yaml", []),
         load_finetune_config("finetune/configs/demo.yaml", []),
         load_finetune_config("finetune/configs/au_demo.yaml", []))}
     assert len(sets) == 1, sets
     (root, options), = sets
-    assert root == "data/synthetic" and dict(options)["face_zoom"] == 1.6
+    assert root == "" and dict(options)["face_zoom"] == 1.6
+    assert resolve_root(root, dict(options)) == Path("data/synthetic/demo")
 
 
 def test_overrides_parse_to_nested_dict():
@@ -148,3 +152,6 @@ def test_synthetic_data_options_are_checked_at_load(load):
     with pytest.raises(ConfigError, match="data.synthetic: .*subjects must be >= 5"):
         load(None, ["--data.synthetic", "{subjects: 3}"])
     assert load(None, ["--data.synthetic", "{subjects: 40, face_zoom: 1.6}"]).data.synthetic["subjects"] == 40
+    assert load(None, ["--data.synthetic", "{subjects: 40, overwrite: true}"]).data.synthetic["overwrite"] is True
+    with pytest.raises(ConfigError, match="data.synthetic: .*overwrite must be true or false"):
+        load(None, ["--data.synthetic", "{overwrite: 3}"])

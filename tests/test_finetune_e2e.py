@@ -11,7 +11,7 @@ from _cli import run
 def finetuned(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ft")
     run(["pretrain/run.py", "--config", "tests/configs/tiny_pretrain.yaml", "--run.output_dir", str(tmp / "pt"),
-         "--data.data_root", str(tmp / "data"), "--optim.epochs", "1", "--optim.warmup_epochs", "0"])
+         "--data.data_root", str(tmp / "pt_data"), "--optim.epochs", "1", "--optim.warmup_epochs", "0"])
     run(["finetune/run.py", "--config", "tests/configs/tiny_finetune.yaml", "--run.output_dir", str(tmp / "ft"),
          "--data.data_root", str(tmp / "data"), "--pretrained", str(tmp / "pt" / "release")])
     return tmp

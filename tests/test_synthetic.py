@@ -1,6 +1,7 @@
 """The synthetic face-video generator: determinism, list formats, folds, AU labels, videos, ensure_synthetic."""
 import csv
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -193,9 +194,74 @@ def test_auto_workers_renders_large_sets_in_parallel_and_small_ones_in_process(m
     """The runs' large demo set (1120 labeled clips) is rendered on every usable CPU up to 4; a tiny set, or one
     part of it, stays in the calling process, where spawning workers would cost more than it saves."""
     demo = dict(subjects=40, clips_per_class_per_subject=4, face_zoom=1.6)
-    monkeypatch.setattr(syn.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     assert syn.auto_workers(syn.SyntheticOptions(**demo)) == 4
     assert syn.auto_workers(syn.SyntheticOptions(**demo, parts="au")) == 1          # 1536 frames
     assert syn.auto_workers(syn.SyntheticOptions(subjects=5, clips_per_class_per_subject=1)) == 1
-    monkeypatch.setattr(syn.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert syn.auto_workers(syn.SyntheticOptions(**demo)) == 2
+
+
+def _stamp(root: Path) -> int:
+    return (root / "meta.json").stat().st_mtime_ns
+
+
+def test_runs_without_a_data_root_get_one_folder_per_option_set(tmp_path, monkeypatch, caplog):
+    """Before: every run without a data root used data/synthetic, and a recipe with other options regenerated the
+    whole set there, so two recipes kept overwriting each other's data."""
+    monkeypatch.chdir(tmp_path)
+    small = {k: v for k, v in TINY.items() if k != "progress"}
+    a = {**small, "parts": "labeled"}
+    b = {**small, "parts": "labeled", "seed": 1}
+    root_a, root_b = syn.resolve_root("", a), syn.resolve_root("", b)
+    assert root_a != root_b and root_a.parent == root_b.parent == Path("data/synthetic")
+    assert syn.resolve_root("", {**a, "subjects": "5", "overwrite": False}) == root_a        # resolved options
+    assert syn.resolve_root("", {}) == Path("data/synthetic/default")
+    assert syn.resolve_root("", {"face_zoom": 1.6, "subjects": 40, "clips_per_class_per_subject": 4}) == \
+        Path("data/synthetic/demo")
+    meta_a = syn.ensure_synthetic(root_a, progress=False, **a)
+    stamp_a, frame_a = _stamp(root_a), (root_a / "labeled/frames/00000/1.jpg").read_bytes()
+    meta_b = syn.ensure_synthetic(syn.resolve_root("", b), progress=False, **b)
+    assert (meta_a["seed"], meta_b["seed"]) == (0, 1)
+    assert _stamp(root_a) == stamp_a and (root_a / "labeled/frames/00000/1.jpg").read_bytes() == frame_a
+    assert (root_b / "labeled/frames/00000/1.jpg").read_bytes() != frame_a
+    stamp_b = _stamp(root_b)
+    with caplog.at_level("INFO", logger="lgiformer.data.synthetic"):
+        assert syn.ensure_synthetic(syn.resolve_root("", a), progress=False, **a) == meta_a
+        assert syn.ensure_synthetic(syn.resolve_root("", b), progress=False, **b) == meta_b
+    assert (_stamp(root_a), _stamp(root_b)) == (stamp_a, stamp_b)
+    assert caplog.text.count("skipping generation") == 2 and "data/synthetic/" in caplog.text
+
+
+def test_a_folder_with_another_set_is_refused_unless_overwrite(tmp_path, capsys):
+    small = {k: v for k, v in TINY.items() if k != "progress"}
+    mine = {**small, "parts": "labeled"}
+    other = {**mine, "seed": 1, "subjects": 6}
+    root = tmp_path / "explicit"
+    syn.generate(root, progress=False, **mine)
+    stamp = _stamp(root)
+    message = (r"synthetic data set at .*explicit was made with other options \(seed 0 there, 1 wanted; subjects 5 "
+               r"there, 6 wanted\); not replacing it: use another folder .* overwrite: true in the recipe's "
+               r"data.synthetic, overwrite=True in Python, --force on the command line")
+    with pytest.raises(syn.SyntheticSetConflict, match=message) as refused:
+        syn.resolve_root(str(root), other)                     # every rank, before rank 0 generates
+    assert "\n" not in str(refused.value)                      # one line
+    with pytest.raises(syn.SyntheticSetConflict, match=message):
+        syn.ensure_synthetic(root, progress=False, **other)
+    cli = ["--out", str(root), "--parts", "labeled", "--size", "48", "--labeled-frames", "8", "--subjects", "6",
+           "--clips-per-class-per-subject", "1", "--seed", "1"]
+    with pytest.raises(SystemExit) as exit_info:
+        syn.main(cli)
+    assert exit_info.value.code == 2 and "made with other options" in capsys.readouterr().err
+    assert _stamp(root) == stamp and json.loads((root / "meta.json").read_text())["seed"] == 0
+    # The same options with a part missing are completed, keeping the part that was there.
+    meta = syn.ensure_synthetic(root, progress=False, **{**mine, "parts": "au"})
+    assert meta["options"]["parts"] == ["labeled", "au"] and (root / "au/labels.csv").is_file()
+    (root / "meta.json").write_text(json.dumps({**meta, "version": 1}))     # made by an older generator
+    assert syn.ensure_synthetic(root, progress=False, **mine) == meta
+    # Asked for: replaced. A folder of other files and no set is refused too (e.g. the folder of all the sets).
+    assert syn.resolve_root(str(root), {**other, "overwrite": True}) == root
+    assert syn.ensure_synthetic(root, progress=False, overwrite=True, **other)["seed"] == 1
+    (tmp_path / "sets" / "demo").mkdir(parents=True)
+    with pytest.raises(syn.SyntheticSetConflict, match=r"sets holds demo but no synthetic data set \(no meta.json\)"):
+        syn.ensure_synthetic(tmp_path / "sets", progress=False, **mine)

@@ -14,7 +14,7 @@ from lgiformer.data.readers import VideoReadError, list_frames, natural_key, ope
 from lgiformer.data.registry import DatasetSpec, get_dataset_spec, list_datasets, register_dataset
 from lgiformer.data.sampling import (center_indices, multi_clip_indices, pretrain_indices, test_clip_indices,
                                      train_indices)
-from lgiformer.data.synthetic import ensure_synthetic, generate
+from lgiformer.data.synthetic import ensure_synthetic, generate, resolve_root
 from lgiformer.data.transforms import EvalTransform, PretrainTransform, TrainTransform, build_transform
 
 __all__ = ["AUFrameWindows", "AUVideo", "AUVideoDataset", "BadSampleCounter", "ClipAULabels", "DatasetSpec",
@@ -23,5 +23,5 @@ __all__ = ["AUFrameWindows", "AUVideo", "AUVideoDataset", "BadSampleCounter", "C
            "VideoPretrainDataset", "VideoReadError", "VideoSample", "build_loader", "build_transform",
            "center_indices", "collate_repeated", "ensure_synthetic", "generate", "get_dataset_spec", "list_datasets",
            "list_frames", "multi_clip_indices", "natural_key", "open_video", "pretrain_indices", "read_au_csv",
-           "read_frames", "read_video_list", "register_dataset", "sample_rng", "seed_worker", "set_epoch",
+           "read_frames", "read_video_list", "register_dataset", "resolve_root", "sample_rng", "seed_worker", "set_epoch",
            "split_validation", "subset", "test_clip_indices", "train_indices", "window_positions"]
