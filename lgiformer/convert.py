@@ -18,9 +18,15 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from safetensors.torch import load_file
 
+from lgiformer.data import get_dataset_spec
 from lgiformer.interop import (compare_with_transformers, export_hf_videomae, import_hf_videomae, import_mae_dfer,
                                import_videomae, load_release, write_imported)
+from lgiformer.models import AUModel, build_model
+from lgiformer.models.au import CLASSIFIER_ARGS
+from lgiformer.models.release import write_release
+from lgiformer.tasks.au import AUConfig
 
 TOLERANCE = 1e-4
 
@@ -31,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("mae-dfer", "reference MAE-DFER .pth (pretraining or finetuned LGI-Former)"),
                        ("videomae", "official VideoMAE ViT .pth (pretraining or finetuned)"),
                        ("hf-videomae", "transformers VideoMAE folder (save_pretrained)"),
-                       ("export-hf", "our ViT release -> transformers VideoMAE folder")):
+                       ("export-hf", "our ViT release -> transformers VideoMAE folder"),
+                       ("au-export", "an AU run of lgiformer 0.1 (au_model.safetensors + au_config.json) -> release")):
         s = sub.add_parser(name, help=text, description=text)
         s.add_argument("--input", required=True, help="checkpoint file or folder")
         s.add_argument("--output", required=True, help="directory to write")
@@ -46,11 +53,14 @@ def _parser() -> argparse.ArgumentParser:
         if name == "mae-dfer":
             s.add_argument("--region-size", type=int, nargs=3, metavar=("T", "H", "W"),
                            help="tokens per region (default: the file's args, else 2 5 10)")
-        if name != "export-hf":
+        if name in ("mae-dfer", "videomae", "hf-videomae"):
+            s.add_argument("--dataset", help="the dataset a finetuned checkpoint classifies (dfew, ferv39k, mafw...): "
+                                             "its class names and sampling stride go into the release")
+        if name not in ("export-hf", "au-export"):
             pools = ["region", "local", "all", "none"] if name == "mae-dfer" else ["avg", "none"]
             s.add_argument("--global-pool", choices=pools,
                            help="pooling; 'none' keeps the encoder's final norm and returns tokens")
-        else:
+        elif name == "export-hf":
             s.add_argument("--labels", help="comma-separated class names for id2label (default: the names "
                                             "recorded in the release, else LABEL_i)")
     return p
@@ -78,6 +88,49 @@ def _verdict(what: str, diff: float) -> bool:
     return ok
 
 
+def dataset_fields(dataset: str | None, model: torch.nn.Module) -> dict:
+    """What a release of a finetuned reference checkpoint needs from its dataset: class names in the dataset's
+    order, and the sampling stride the test protocol reads with."""
+    if not dataset:
+        return {}
+    spec = get_dataset_spec(dataset)
+    num_classes = int(model.model_args.get("num_classes") or 0)
+    if num_classes and len(spec.classes) != num_classes:
+        raise ValueError(f"--dataset {dataset}: {len(spec.classes)} classes, but the checkpoint's head has "
+                         f"{num_classes}")
+    args = model.model_args
+    fields: dict = dict(data=dict(dataset=spec.name, sampling_rate=spec.sampling_rate, num_frames=args["num_frames"],
+                                  img_size=args["img_size"], frame_ext=spec.frame_ext))
+    if num_classes:
+        fields["class_names"] = list(spec.classes)
+    return fields
+
+
+def release_from_au_export(run_dir: str | Path, out_dir: str | Path) -> Path:
+    """The AU model of an lgiformer 0.1 AU run (``au_model.safetensors`` + ``au_config.json`` in the run folder) as a
+    release of task ``au``, with the same weights and outputs."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "au_config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no au_config.json (expected the output folder of an AU run)")
+    old = json.loads(config_path.read_text())
+    if old.get("format") != "lgiformer-au":
+        raise ValueError(f"{config_path}: format {old.get('format')!r}, expected 'lgiformer-au'")
+    encoder_args = {k: v for k, v in old["model_args"].items() if k not in CLASSIFIER_ARGS}
+    encoder = build_model(old["model_name"], dict(encoder_args, num_classes=0, global_pool=""), str(config_path))
+    au = AUConfig(**{k: v for k, v in old["au"].items() if k in AUConfig.__dataclass_fields__})
+    head_args, moke_args = au.split_head_args()
+    model = AUModel(encoder, au.head, head_args, num_aus=len(old["au_names"]), freeze_encoder=au.freeze_encoder,
+                    moke=au.moke, moke_args=moke_args, dense=au.dense)
+    model.load_state_dict(load_file(str(run_dir / "au_model.safetensors")))
+    data = {k: v for k, v in (old.get("data") or {}).items() if v is not None}
+    return write_release(model, out_dir, task="au", source=dict(format="lgiformer-0.1-au-export", file=str(run_dir)),
+                         au_names=list(old["au_names"]), rates=list(old.get("rates") or []),
+                         threshold=old.get("threshold", 0.5), smooth_window=old.get("smooth_window", 0),
+                         data=dict(data, num_frames=encoder_args["num_frames"], img_size=encoder_args["img_size"]),
+                         training=dict(selection=old.get("selection"), test_mean_f1=old.get("test_mean_f1")))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     pool = getattr(args, "global_pool", None)
@@ -94,6 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             diff = export_hf_videomae(model, args.output, labels=labels, check=not args.no_check)
             print(f"wrote transformers {model.model_name} folder to {args.output}")
             return 0 if diff is None or _verdict("transformers reload vs ours", diff) else 1
+        if args.command == "au-export":
+            release_from_au_export(args.input, args.output)
+            print(f"wrote release to {args.output}")
+            return 0
         if args.command == "mae-dfer":
             imported = import_mae_dfer(args.input, num_heads=args.num_heads, img_size=args.img_size,
                                        num_frames=args.num_frames, region_size=args.region_size, global_pool=pool,
@@ -105,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             imported = import_hf_videomae(args.input, global_pool=pool)
         print(imported.summary())
-        write_imported(imported, args.output)
+        write_imported(imported, args.output, **dataset_fields(args.dataset, imported.model))
         print(f"wrote release to {args.output}")
         if not args.no_check:
             ok = _verdict("release read back vs converted model", _check_release(imported.model, args.output))

@@ -1,8 +1,10 @@
-"""Which code made a file: the package version and, in a git checkout, the commit (``-dirty`` with uncommitted
-changes). Written into every run's resolved ``config.yaml`` and every release's ``config.json``."""
+"""Which code made a file, and who may read it: the package version and, in a git checkout, the commit (``-dirty``
+with uncommitted changes), written into every run's resolved ``config.yaml`` and every release's ``config.json``;
+files that follow the user's umask, so that results can be shared on a cluster like any other output."""
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 from pathlib import Path
 
@@ -21,6 +23,13 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("-dirty" if dirty else "")
+
+
+def follow_umask(path: str | os.PathLike) -> None:
+    """Give a file the permissions the user's umask gives any new file (safetensors writes 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def code_version() -> dict[str, str | None]:

@@ -115,10 +115,10 @@ def test_special_tokens_use_centre_taps_and_ca_reduces_to_v():
 
 def test_expert_permutation_invariance():
     toy = ToyViT()
-    attach_moke(toy, 4, zero_init=False)
+    state = attach_moke(toy, 4, zero_init=False)
     t = torch.randn(2, 19, 16)
     ref = toy.forward_features(t)
-    ref_streams = toy.moke_state.k_mlp.detach().clone()
+    ref_streams = state.k_mlp.detach().clone()
     perm = torch.tensor([2, 0, 3, 1])
     for blk in toy.blocks:
         blk.moke_att.permute_experts(perm)
@@ -126,7 +126,7 @@ def test_expert_permutation_invariance():
     out = toy.forward_features(t)
     assert torch.allclose(out, ref, atol=1e-5)
     # new expert i carries old expert perm[i]'s stream; the streams themselves differ per expert
-    assert torch.allclose(toy.moke_state.k_mlp, ref_streams[:, perm], atol=1e-5)
+    assert torch.allclose(state.k_mlp, ref_streams[:, perm], atol=1e-5)
     assert not torch.allclose(ref_streams[:, 0], ref_streams[:, 1])
 
 

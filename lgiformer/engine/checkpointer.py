@@ -38,8 +38,14 @@ from torch import nn
 from lgiformer.distributed import barrier, broadcast_object
 from lgiformer.engine.loop import LoopState
 from lgiformer.errors import InputError
-from lgiformer.interop.safe_load import (DEEPSPEED_GLOBALS, CorruptFileError, check_files, load_checkpoint as
-                                         load_torch_file, weights_only_loads)
+from lgiformer.interop.safe_load import (
+    DEEPSPEED_GLOBALS,
+    CorruptFileError,
+    check_files,
+    weights_only_loads,
+)
+from lgiformer.interop.safe_load import load_checkpoint as load_torch_file
+from lgiformer.provenance import follow_umask
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +184,9 @@ def load_checkpoint(engine, ckpt: str | os.PathLike) -> dict[str, Any]:
 def universal_checkpoint(ckpt: Path) -> Path:
     """``<ckpt>/universal``: DeepSpeed's universal (process-count independent) copy of a ZeRO checkpoint, written by
     rank 0 on first use into a temporary directory and renamed into place, so a killed conversion is redone."""
-    from deepspeed.checkpoint import ds_to_universal  # deferred: DeepSpeed's converter is only needed here
+    from deepspeed.checkpoint import (
+        ds_to_universal,  # deferred: DeepSpeed's converter is only needed here
+    )
 
     out = ckpt / "universal"
     check_files([ckpt], DEEPSPEED_GLOBALS)  # the converter unpickles every shard (and a present copy is loaded)
@@ -230,7 +238,9 @@ def read_fp32_state_dict(ckpt: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise FileNotFoundError(f"{ckpt}: no mp_rank_*_model_states.pt")
         sd = load_torch_file(files[0], extra_globals=DEEPSPEED_GLOBALS)["module"]
     else:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # deferred: heavy
+        from deepspeed.utils.zero_to_fp32 import (
+            get_fp32_state_dict_from_zero_checkpoint,  # deferred: heavy
+        )
 
         check_files([ckpt], DEEPSPEED_GLOBALS)
         with weights_only_loads(DEEPSPEED_GLOBALS):
@@ -307,6 +317,7 @@ class BestOnValidation:
             if self.is_main:
                 self.folder.mkdir(parents=True, exist_ok=True)
                 save_file({k: v.contiguous() for k, v in self.state.items()}, str(self._file(epoch)))
+                follow_umask(self._file(epoch))
                 self._prune()
         return True
 
@@ -400,7 +411,7 @@ class Checkpointer:
                 state = load_checkpoint(engine, ckpt)
             except (CorruptFileError, EOFError, OSError, json.JSONDecodeError) as err:
                 log.warning("checkpoint %s cannot be loaded (%s): trying the one before it", ckpt,
-                            str(err).splitlines()[0][:300])
+                            (str(err) or type(err).__name__).splitlines()[0][:300])
                 failed.append(str(ckpt))
                 continue
             if failed:

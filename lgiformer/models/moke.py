@@ -255,7 +255,6 @@ def attach_moke(encoder: nn.Module, num_aus: int, hidden: int = 8, dilations: Se
             encoder.blocks[i] = MoKELGIBlock(encoder.blocks[i], i, state, dim, num_aus, encoder.layout, **group)
         else:
             encoder.blocks[i] = MoKEBlock(encoder.blocks[i], i, state, dim, num_aus, grid, n_special, **group)
-    encoder.moke_state = state
     return state
 
 

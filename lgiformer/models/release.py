@@ -29,7 +29,7 @@ from torch import nn
 
 from lgiformer.models import build_model
 from lgiformer.models.au import COMPOSITES
-from lgiformer.provenance import code_version
+from lgiformer.provenance import code_version, follow_umask
 
 FORMAT = "lgiformer-release"
 FORMAT_VERSION = 2
@@ -71,6 +71,7 @@ def write_release(model: nn.Module, out_dir: str | os.PathLike, *, task: str, so
             raise ValueError(f"state dict keys do not match {model.model_name}: missing "
                              f"{sorted(expected - set(sd))[:5]}, unexpected {sorted(set(sd) - expected)[:5]}")
         save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        follow_umask(tmp / "model.safetensors")
         mean, std = extra.pop("mean", IMAGENET_MEAN), extra.pop("std", IMAGENET_STD)
         args = encoder_args(model.model_name, model.model_args)
         shape = [args["in_chans"], args["num_frames"], args["img_size"], args["img_size"]]
