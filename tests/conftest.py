@@ -52,3 +52,14 @@ def write_frame_folder(folder: str | Path, frames: np.ndarray, ext: str = "png",
 def media():
     """``media.frames(...)``, ``media.mp4(path, frames)``, ``media.folder(path, frames)``."""
     return types.SimpleNamespace(frames=moving_frames, mp4=write_mp4, folder=write_frame_folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_unlabeled(tmp_path_factory) -> Path:
+    """The unlabeled synthetic set tests/configs/tiny_pretrain.yaml trains on (8 videos of 12 frames, 64 px), made
+    once per test session."""
+    from lgiformer.data import ensure_synthetic
+
+    root = tmp_path_factory.mktemp("tiny_unlabeled")
+    ensure_synthetic(root, size=64, num_frames=12, unlabeled_clips=8, parts="unlabeled", progress=False)
+    return root

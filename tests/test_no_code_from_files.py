@@ -27,17 +27,14 @@ class Payload:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, tiny_unlabeled):
     """Two finished one-epoch pretraining runs of the tiny config: ZeRO 0 and ZeRO 1 (optimiser states sharded)."""
-    from lgiformer.data import ensure_synthetic
-
     base = tmp_path_factory.mktemp("runs")
-    ensure_synthetic(base / "data", size=64, num_frames=12, unlabeled_clips=8, parts="unlabeled", progress=False)
-    out = {}
+    out = {"data": tiny_unlabeled}
     for stage in (0, 1):
         out[stage] = base / f"zero{stage}"
         run(["pretrain/run.py", "--config", CONFIG, "--run.output_dir", out[stage], "--data.data_root",
-             base / "data", "--run.zero_stage", str(stage), "--optim.epochs", "1", "--run.image_every", "0"])
+             tiny_unlabeled, "--run.zero_stage", str(stage), "--optim.epochs", "1", "--run.image_every", "0"])
     return out
 
 
@@ -66,7 +63,7 @@ def test_release_cli_refuses_a_tampered_checkpoint(runs, tmp_path):
 def test_resume_refuses_a_tampered_checkpoint(runs, tmp_path, file):
     out, marker = _tampered(runs, 1, tmp_path, file)
     proc = run(["pretrain/run.py", "--config", CONFIG, "--run.output_dir", out, "--data.data_root",
-                runs[1].parent / "data", "--run.zero_stage", "1", "--optim.epochs", "2", "--run.resume", "auto"],
+                runs["data"], "--run.zero_stage", "1", "--optim.epochs", "2", "--run.resume", "auto"],
                check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"refusing to load {out}" in proc.stderr and file in proc.stderr and "builtins.exec" in proc.stderr
@@ -93,7 +90,7 @@ def test_universal_conversion_refuses_a_tampered_shard_and_a_planted_universal_c
     (ckpt / "universal" / "zero").mkdir(parents=True)
     torch.save({"x": Payload(marker)}, ckpt / "universal" / "zero" / "fp32.pt")
     proc = run(["pretrain/run.py", "--config", CONFIG, "--run.output_dir", clean, "--data.data_root",
-                runs[1].parent / "data", "--run.zero_stage", "1", "--optim.epochs", "2", "--run.resume", "auto"],
+                runs["data"], "--run.zero_stage", "1", "--optim.epochs", "2", "--run.resume", "auto"],
                check=False)
     assert proc.returncode == 2 and "universal/zero/fp32.pt" in proc.stderr, proc.stderr[-2000:]
     assert not marker.exists()

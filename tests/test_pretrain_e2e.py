@@ -16,13 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "tests" / "configs" / "tiny_pretrain.yaml"
 
 
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    from lgiformer.data import ensure_synthetic
-
-    root = tmp_path_factory.mktemp("synthetic")
-    ensure_synthetic(root, size=64, num_frames=12, unlabeled_clips=8, parts="unlabeled", progress=False)
-    return root
+@pytest.fixture
+def synthetic(tiny_unlabeled):
+    return tiny_unlabeled
 
 
 def _args(out, synthetic, *extra):

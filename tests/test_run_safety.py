@@ -12,13 +12,9 @@ from _cli import ROOT, run
 CONFIG = ROOT / "tests" / "configs" / "tiny_pretrain.yaml"
 
 
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    from lgiformer.data import ensure_synthetic
-
-    root = tmp_path_factory.mktemp("synthetic")
-    ensure_synthetic(root, size=64, num_frames=12, unlabeled_clips=8, parts="unlabeled", progress=False)
-    return root
+@pytest.fixture
+def synthetic(tiny_unlabeled):
+    return tiny_unlabeled
 
 
 def _pretrain(out, synthetic, *extra, check=True):
