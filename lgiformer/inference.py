@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from lgiformer import metrics as M
 from lgiformer.au import fold_f1, smooth_by_video
@@ -101,7 +102,7 @@ def _views(x: torch.Tensor, b: int, a: int) -> np.ndarray:
 
 @torch.no_grad()
 def predict(model: nn.Module, loader, device: torch.device | str = "cpu", amp_dtype: torch.dtype | None = None,
-            max_views_per_call: int | None = None) -> EvalResult:
+            max_views_per_call: int | None = None, progress: bool = False) -> EvalResult:
     """View-averaged probabilities for every sample of ``loader`` (all ranks gathered, sorted by index). Batches
     ``(clips, labels, au, au_valid, indices)`` (a dataset with AU labels) are run with ``with_au=True`` and give
     the AU fields too."""
@@ -112,7 +113,7 @@ def predict(model: nn.Module, loader, device: torch.device | str = "cpu", amp_dt
     probs, labels, indices, au = [], [], [], ([], [], [])
     with_au = False
     try:
-        for batch in loader:
+        for batch in tqdm(loader, desc="evaluating", disable=not progress, leave=False, dynamic_ncols=True):
             clips, target, index = batch[0], batch[1], batch[-1]
             with_au = len(batch) == 5
             with autocast:
@@ -154,10 +155,10 @@ def au_view_metrics(result: EvalResult, au_names: Sequence[str], threshold: floa
 def evaluate(model: nn.Module, loader, num_classes: int, class_names: Sequence[str] | None = None,
              device: torch.device | str = "cpu", amp_dtype: torch.dtype | None = None,
              max_views_per_call: int | None = None, au_names: Sequence[str] | None = None,
-             au_threshold: float = 0.5) -> EvalResult:
+             au_threshold: float = 0.5, progress: bool = False) -> EvalResult:
     """:func:`predict` plus UAR / WAR / per-class recall / weighted F1 / confusion matrix in ``result.metrics``, and
     with AU labels the AU F1 (:func:`au_view_metrics`) under ``result.metrics["au"]``."""
-    result = predict(model, loader, device, amp_dtype, max_views_per_call)
+    result = predict(model, loader, device, amp_dtype, max_views_per_call, progress)
     result.metrics = M.classification_metrics(result.labels, result.preds, num_classes, class_names)
     if result.au_probs is not None:
         names = list(au_names) if au_names is not None else [f"AU{i}" for i in range(result.au_probs.shape[-1])]

@@ -91,3 +91,23 @@ def test_label_token_head_finetunes_from_the_encoder_release_and_predicts(finetu
     result = json.loads(run(["-m", "lgiformer.predict", "--model", str(out / "release"), clip, "--json"]).stdout)
     probs = result["results"][0]["probabilities"]
     assert len(probs) == 7 and sum(probs.values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_linear_probe_trains_the_head_only(finetuned, tmp_path):
+    """--model.freeze_encoder true: the finetuned release holds the pretrained encoder's weights unchanged and a
+    trained head."""
+    import torch
+    from safetensors.torch import load_file
+
+    out = tmp_path / "probe"
+    run(["finetune/run.py", "--config", "tests/configs/tiny_finetune.yaml", "--run.output_dir", str(out),
+         "--data.data_root", str(finetuned / "data"), "--pretrained", str(finetuned / "pt" / "release"),
+         "--model.freeze_encoder", "true", "--eval.select", "last"])
+    encoder = load_file(str(finetuned / "pt" / "release" / "model.safetensors"))
+    probe = load_file(str(out / "release" / "model.safetensors"))
+    frozen = [k for k in probe if k in encoder and not k.startswith("norm.")]
+    assert len(frozen) > 20 and all(torch.equal(probe[k], encoder[k]) for k in frozen)
+    # the classifier trained: fc_norm starts at exactly 1 / 0
+    assert not torch.equal(probe["fc_norm.weight"], torch.ones_like(probe["fc_norm.weight"]))
+    assert not torch.equal(probe["fc_norm.bias"], torch.zeros_like(probe["fc_norm.bias"]))
+    assert "training the head only" in (out / "run.log").read_text()

@@ -132,10 +132,11 @@ class AUTask(FinetuneTask):
 
         encoder = self.build_model(0, global_pool="")
         head_args, moke_args = a.split_head_args()
-        self.model = AUModel(encoder, a.head, head_args, num_aus=len(self.au_names), freeze_encoder=a.freeze_encoder,
+        frozen = a.freeze_encoder or cfg.model.freeze_encoder
+        self.model = AUModel(encoder, a.head, head_args, num_aus=len(self.au_names), freeze_encoder=frozen,
                              moke=a.moke, moke_args=moke_args, dense=a.dense, rates=self.rates)
         log.info("AU model: head %s, %s%s%s", a.head, describe_model(self.model),
-                 ", encoder frozen" if a.freeze_encoder else "", ", MoKE adapters" if a.moke else "")
+                 ", encoder frozen" if frozen else "", ", MoKE adapters" if a.moke else "")
         if a.head == "monet" and a.head_args.get("num_orders", 512) > 1:
             log.info("MONET: order warm-up and the separate order-selector lr (docs/AU_METHODS.md#monet-training) are "
                      "not applied here; the order logits train with the head from step 0 (no weight decay)")

@@ -34,6 +34,7 @@ class FinetuneModelConfig(EncoderConfig):
                                           # "label_token" (one attention query per class over the tokens)
     head_args: dict = dataclasses.field(default_factory=dict)   # label_token only: dim, depth, num_heads, ...
     drop_path_rate: float = 0.1
+    freeze_encoder: bool = False          # train the head only (linear probing; finetune/configs/linear_probe.yaml)
 
     def validate(self) -> None:
         super().validate()
@@ -107,6 +108,14 @@ def finetune_optim() -> OptimConfig:
                        epochs=100, warmup_epochs=5)
 
 
+def freeze_all_but_head(model: nn.Module) -> None:
+    """Linear probing: only the classifier (``fc_norm`` and ``head``) trains; the encoder is fixed."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(("head.", "fc_norm.")))
+    log.info("model.freeze_encoder: training the head only (%d parameters)",
+             sum(p.numel() for p in model.parameters() if p.requires_grad))
+
+
 def build_finetune_model(model_name: str, num_classes: int, pretrained: str | None = None,
                          global_pool: str | None = None, drop_path_rate: float = 0.0, **model_kwargs: Any
                          ) -> tuple[nn.Module, LoadReport]:
@@ -155,6 +164,8 @@ class FinetuneTask(Task):
         m = self.cfg.model
         model, report = build_finetune_model(m.name, num_classes, m.pretrained or None,
                                              drop_path_rate=m.drop_path_rate, **head, **m.arch_kwargs())
+        if m.freeze_encoder and num_classes:
+            freeze_all_but_head(model)
         log.info("%s", report.summary())
         if self.env.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)

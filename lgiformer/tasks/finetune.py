@@ -41,6 +41,7 @@ class FinetuneConfig:
         if self.task == "dfer" and a.aux_weight > 0:
             unsupported = [k for k, on in (("au.dense", a.dense), ("au.moke", a.moke),
                                            ("au.freeze_encoder", a.freeze_encoder),
+                                           ("model.freeze_encoder", self.model.freeze_encoder),
                                            ("au.head monet", a.head == "monet")) if on]
             if unsupported:
                 raise ConfigError(f"multi-task DFER + AU (au.aux_weight > 0) trains one clip-level AU prediction next "
