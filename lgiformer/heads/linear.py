@@ -1,4 +1,4 @@
-"""The pooled linear AU head: the baseline every other head is compared with."""
+"""The pooled linear AU head (docs/AU_METHODS.md#linear-head): the baseline every other head is compared with."""
 from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
