@@ -28,7 +28,8 @@ def tiny_model(name: str = "lgiformer_tiny_patch16_160", num_classes: int = len(
     model = create_model(name, num_classes=num_classes, **{**TINY, **kwargs})
     if num_classes:
         with torch.no_grad():  # a head far from the near-zero init, so probabilities differ between inputs
-            model.head.weight.normal_(0, 1.0)
+            for p in model.head.parameters():
+                p.add_(torch.randn_like(p))
     return model.eval()
 
 
