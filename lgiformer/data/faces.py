@@ -6,13 +6,15 @@ list out) and ``python -m lgiformer.predict --crop-faces``.
 
 Detector: OpenCV's frontal-face Haar cascade (``haarcascade_frontalface_default.xml``, Viola-Jones). Its weights ship
 inside the ``opencv-python-headless`` 4.x wheel (``cv2.data.haarcascades``), so nothing is downloaded at run time; it
-runs on a CPU at a few ms per frame and needs no other package. (The OpenCV 5 wheels moved the cascade classifier to
-contrib and ship no detector weights; YuNet and the DNN detectors need model files from elsewhere; mediapipe's
-current API also wants a downloaded model and pulls in a second, GUI OpenCV.) What it misses: faces turned more
-than about 30-45 degrees (profiles), faces tilted in the image plane by more than about 20 degrees, faces under
-about 40 px (after the detection downscale), strong occlusion (hands, masks) and very dark footage; it also fires
-now and then on face-like texture. The tracking below absorbs short misses and isolated false detections, not a
-face that is never frontal.
+runs on a CPU (about 75 ms per 480 x 360 frame on one slow core) and needs no other package. The alternatives fail
+this project's constraints: the OpenCV 5 wheels moved the cascade classifier to contrib and ship no detector
+weights; YuNet and the DNN detectors need model files from elsewhere; mediapipe's current API wants a downloaded
+model and pulls in a second, GUI OpenCV; facenet-pytorch's MTCNN needs torchvision's nms, which the CPU install of
+torch 2.13 cannot load (docs/TOOLS.md). What it misses: profile faces (it is trained on frontal faces: turned beyond
+roughly 30-45 degrees), faces tilted in the image plane beyond about 20 degrees and faces smaller than about 30 px
+at the detection size (both measured on the test photograph), strong occlusion (hands, masks) and very dark footage;
+it also fires now and then on face-like texture. The tracking below absorbs short misses and isolated false
+detections, not a face that is never frontal.
 
 Per video:
 
