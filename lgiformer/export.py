@@ -132,6 +132,12 @@ def sidecar(fmt: str, out: Path, info: dict, num_classes: int, check: dict, opse
         check=check)
 
 
+def default_out(release: str | os.PathLike, fmt: str) -> Path:
+    """``RELEASE.onnx`` / ``RELEASE.pt`` beside the release directory (which stays as it was published)."""
+    release = Path(release)
+    return release.parent / (release.name + SUFFIX[fmt])
+
+
 def export(release: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | None = None,
            clip: str | None = None, tolerance: float = 1e-4, opset: int = OPSET) -> dict:
     """Export ``release`` to ``out`` (default: beside the release, ``RELEASE.onnx`` / ``RELEASE.pt``) with its
@@ -144,7 +150,7 @@ def export(release: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike
     release = Path(release)
     read_release_config(release)           # a release directory of the current format
     info = dict(read_release_info(release), release=release)   # refuses an encoder without a classifier head
-    out = Path(out) if out else release.parent / (release.name + SUFFIX[fmt])
+    out = Path(out) if out else default_out(release, fmt)
     out.parent.mkdir(parents=True, exist_ok=True)
     if clip is not None and not Path(clip).exists():
         raise FileNotFoundError(f"{clip}: no such file or folder (--clip: a video file or a folder of frames)")
@@ -167,7 +173,7 @@ def export(release: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike
                  for name, batch in batches.items()}
         worst = max(diffs.values())
         check = dict(clip=str(clip) if clip else "synthetic face clip (lgiformer.data.synthetic, seed 0)",
-                     views=int(len(views)), max_abs_diff_probabilities=worst, per_batch=diffs, tolerance=tolerance,
+                     views=len(views), max_abs_diff_probabilities=worst, per_batch=diffs, tolerance=tolerance,
                      passed=worst <= tolerance)
         if worst > tolerance:
             raise ExportCheckError(f"{out}: the {fmt} export's probabilities differ from PyTorch's by {worst:.2e} "
@@ -201,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExportCheckError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    out = Path(args.out) if args.out else Path(args.model).parent / (Path(args.model).name + SUFFIX[args.format])
+    out = Path(args.out) if args.out else default_out(args.model, args.format)
     if args.json:
         print(json.dumps(meta, indent=1))
     else:

@@ -204,7 +204,9 @@ def extract(release: str | os.PathLike, list_file: str | os.PathLike, out: str |
                    reused=0)
     if out.exists() and not overwrite:
         if _matches(out, key, paths):
-            return dict(summary, up_to_date=True, shape=list(load_file(str(out))["features"].shape))
+            with safe_open(str(out), "pt") as f:
+                shape = f.get_slice("features").get_shape()
+            return dict(summary, up_to_date=True, shape=list(shape))
         raise ExtractError(f"{out} exists and holds other features (another model, list or setting); pass "
                            "--overwrite to replace it")
     parts = out.with_name(out.name + ".parts")
@@ -306,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         rank, world, barrier = _distributed()
-        device = args.device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available()
+        device = args.device or (f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available()
                                  else "cpu")
         summary = extract(args.model, args.list, args.out, args.pool, data_root=args.data_root, clips=args.clips,
                           crops=args.crops, batch_size=args.batch_size, chunk_size=args.chunk_size,

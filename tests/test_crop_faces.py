@@ -132,8 +132,8 @@ def test_predict_crop_faces_equals_predicting_the_crops(footage, release, tmp_pa
 def test_predict_bad_inputs_are_one_clear_line(footage, release, tmp_path):
     text = tmp_path / "notes.mp4"
     text.write_text("not a video")
-    for args, expected in (([footage / "other" / "empty.mp4", "--crop-faces"], "empty.mp4: no face found in any "
-                                                                                  "of 6 frames"),
+    no_face = "empty.mp4: no face found in any of 6 frames"
+    for args, expected in (([footage / "other" / "empty.mp4", "--crop-faces"], no_face),
                            ([text], "notes.mp4: PyAV cannot open it"),
                            ([tmp_path / "missing.mp4"], "missing.mp4: no such file or folder")):
         proc = run(["-m", "lgiformer.predict", "--model", release, *args], check=False)
