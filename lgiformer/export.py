@@ -23,6 +23,7 @@ traced graph keeps the batch size dynamic, which the check confirms.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import logging
@@ -35,6 +36,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import lgiformer  # noqa: F401  (import-order fix before timm / torchvision)
 
@@ -70,6 +72,19 @@ def check_views(release: str | os.PathLike, info: dict, clip: str | None, work_d
         clip = str(synthetic_clip(work_dir, needed))
     dataset = build_views_dataset([clip], data, args, None, None, work_dir)
     return dataset[0][0]
+
+
+@contextlib.contextmanager
+def torch_linear():
+    """Trace with torch's own ``F.linear``. DeepSpeed ZeRO-3 replaces ``torch.nn.functional.linear`` for the rest of
+    the process with a Python autograd function ("This will persist unless manually reset", it logs), which
+    ``torch.jit`` cannot save: an export in a process that trained with ZeRO-3 would fail."""
+    current = F.linear
+    F.linear = torch._C._nn.linear
+    try:
+        yield
+    finally:
+        F.linear = current
 
 
 def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int = OPSET) -> None:
@@ -165,10 +180,11 @@ def export(release: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike
         example = views[:1].repeat(2, 1, 1, 1, 1) if len(views) == 1 else views[:2]
         staged = Path(tmp) / out.name
         exported = copy.deepcopy(model)
-        if fmt == "onnx":
-            export_onnx(exported, example, staged, opset)
-        else:
-            export_torchscript(exported, example, staged)
+        with torch_linear():
+            if fmt == "onnx":
+                export_onnx(exported, example, staged, opset)
+            else:
+                export_torchscript(exported, example, staged)
         diffs = {name: float((exported_logits(fmt, staged, batch).softmax(-1) - expected[name]).abs().max())
                  for name, batch in batches.items()}
         worst = max(diffs.values())

@@ -120,3 +120,20 @@ def test_sidecar_is_enough_to_preprocess_like_predict(releases, tmp_path, media)
     probs = torch.from_numpy(session.run(["logits"], {"clips": views.numpy()})[0]).softmax(-1).mean(0)
     expected = predict(str(releases["lgiformer"]), [str(folder)])["results"][0]["probabilities"]
     assert np.allclose(probs.numpy(), [expected[name] for name in meta["class_names"]], atol=1e-4)
+
+
+def test_torchscript_export_after_deepspeed_zero3_replaced_linear(releases, tmp_path, monkeypatch):
+    """DeepSpeed ZeRO-3 replaces F.linear for the whole process with a Python autograd function, which torch.jit
+    cannot save; an export in such a process traces with torch's own linear."""
+
+    class PythonLinear(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, weight, bias=None):
+            return torch._C._nn.linear(x, weight, bias)
+
+    def zero3_like_linear(x, weight, bias=None):
+        return PythonLinear.apply(x, weight, bias)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", zero3_like_linear)
+    meta = export(releases["lgiformer"], "torchscript", tmp_path / "m.pt")
+    assert meta["check"]["passed"] and torch.nn.functional.linear is zero3_like_linear   # restored afterwards
