@@ -32,11 +32,19 @@ setup(
     extras_require={
         "decord": ["decord>=0.6"],
         "hf": ["transformers>=4.40"],
-        "test": ["pytest>=7", "pytest-timeout>=2.1", "decord>=0.6", "transformers>=4.40"],
+        # face crops of raw footage: the 4.x wheels ship the Haar cascades (5.x moved them to contrib)
+        "faces": ["opencv-python-headless>=4.5,<5"],
+        # lgiformer.export: the torch.export-based ONNX exporter needs onnxscript; the check runs ONNX Runtime
+        "export": ["onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"],
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "decord>=0.6", "transformers>=4.40",
+                 "opencv-python-headless>=4.5,<5", "onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18",
+                 "scikit-image>=0.22"],   # scikit-image: the photograph of a face in the face-crop tests
     },
     entry_points={
         "console_scripts": [
             "lgiformer-convert=lgiformer.convert:main",
+            "lgiformer-export=lgiformer.export:main",
+            "lgiformer-extract=lgiformer.extract:main",
             "lgiformer-predict=lgiformer.predict:main",
             "lgiformer-release=lgiformer.release:main",
         ]

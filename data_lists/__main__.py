@@ -2,6 +2,9 @@
 
 One registry maps a dataset name to its builder; every builder takes the same :class:`BuildOptions` and returns a
 :class:`BuildReport`. Exit status 2 with a ``file:line: what was expected`` message on a :class:`ListBuildError`.
+
+``python -m data_lists crop-faces --list LIST --out OUT_DIR`` turns a list of raw footage into face crops and a new
+list (:mod:`data_lists.crop_faces`); such commands over lists, with their own options, are in ``COMMANDS``.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from data_lists import bp4d, dfew, disfa, ferv39k, mafw, voxceleb2
+from data_lists import bp4d, crop_faces, dfew, disfa, ferv39k, mafw, voxceleb2
 from data_lists.common import BuildOptions, BuildReport, ListBuildError
 
 BUILDERS: dict[str, Callable[[BuildOptions], BuildReport]] = {
@@ -22,11 +25,17 @@ BUILDERS: dict[str, Callable[[BuildOptions], BuildReport]] = {
     "bp4d": bp4d.build,
     "disfa": disfa.build,
 }
+# Commands over existing lists, each with its own parser: name -> main(argv).
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "crop-faces": crop_faces.main,
+}
 
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m data_lists", description=__doc__.splitlines()[0],
-                                epilog="Expected layouts, outputs and examples: data_lists/README.md")
+                                epilog="Also: python -m data_lists crop-faces --list LIST --out OUT_DIR (face crops "
+                                       "of raw footage; --help for its options). Expected layouts, outputs and "
+                                       "examples: data_lists/README.md")
     p.add_argument("dataset", choices=sorted(BUILDERS))
     p.add_argument("--root", type=Path, required=True, help="raw dataset folder in the official layout")
     p.add_argument("--out", type=Path, required=True, help="output folder for the lists")
@@ -55,6 +64,9 @@ def options(args: argparse.Namespace) -> BuildOptions:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     log = logging.getLogger("data_lists")

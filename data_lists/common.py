@@ -215,7 +215,7 @@ def label_index(name: str, classes: Sequence[str], source: Path, line: int) -> i
 
 
 # ----------------------------------------------------------------------------------------------- writing
-def _write_lines(path: Path, lines: Iterable[str]) -> int:
+def write_lines(path: Path, lines: Iterable[str]) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     n = 0
@@ -229,17 +229,17 @@ def _write_lines(path: Path, lines: Iterable[str]) -> int:
 
 def write_video_list(path: Path, rows: Iterable[tuple[str, int]]) -> int:
     """Reference format: ``path label`` per line, no header. Returns the number of lines."""
-    return _write_lines(path, (f"{p} {int(label)}" for p, label in rows))
+    return write_lines(path, (f"{p} {int(label)}" for p, label in rows))
 
 
 def write_pretrain_list(path: Path, rows: Iterable[tuple[str, int | None]]) -> int:
     """Pretraining format: ``path 0 total`` when the frame count is known, else just ``path``."""
-    return _write_lines(path, (p if total is None else f"{p} 0 {int(total)}" for p, total in rows))
+    return write_lines(path, (p if total is None else f"{p} 0 {int(total)}" for p, total in rows))
 
 
 def write_classes(path: Path, classes: Sequence[str]) -> int:
     """One class name per line, line k = label k: the order travels with the lists."""
-    return _write_lines(path, classes)
+    return write_lines(path, classes)
 
 
 @dataclass(frozen=True)
@@ -336,7 +336,7 @@ def write_au_folds(out: Path, rows: Sequence[AUFrame], folds: Sequence[Sequence[
         report.outputs[f"train_fold{k}.csv"] = write_au_csv(out / f"train_fold{k}.csv", train, aus)
         report.outputs[f"test_fold{k}.csv"] = write_au_csv(out / f"test_fold{k}.csv", test, aus)
     lines = [f"fold{k} test: {' '.join(folds[part - 1])}" for k, part in enumerate(order, start=1)]
-    report.outputs["folds.txt"] = _write_lines(out / "folds.txt", lines)
+    report.outputs["folds.txt"] = write_lines(out / "folds.txt", lines)
 
 
 def check_disjoint(train: Sequence[tuple[str, int]], test: Sequence[tuple[str, int]], what: str,
