@@ -123,6 +123,16 @@ def gather_arrays(*arrays):
     return tuple(cat[i]([p[i] for p in parts]) for i in range(len(arrays)))
 
 
+def gather_objects(value) -> list:
+    """Every rank's ``value`` (any picklable object), in rank order; ``[value]`` in one process. For small results
+    whose shapes may differ between ranks (a rank may have read nothing)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return [value]
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, value)
+    return parts
+
+
 def broadcast_object(value):
     """Rank 0's ``value`` on every rank."""
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):

@@ -6,6 +6,11 @@ Each input (a video file or a folder of frames) goes through exactly the test pi
 reader, temporal sampling, resizing and normalisation, N temporal clips x M spatial crops (from the release's
 ``config.json``, or ``--clips`` / ``--crops``), softmax averaged over the views. The text output lists the classes by
 probability; ``--json`` prints one object with a result per input (``probabilities`` sum to 1).
+
+An input that cannot be read (missing, empty, not a video, cut off) is never replaced by another one: it gets its own
+line ``INPUT: error: REASON`` (in ``--json``: ``{"input", "error"}``) and the other inputs are still predicted. Exit
+codes: 0 every input was predicted; 1 at least one input could not be read (the others were predicted); 2 nothing
+could run (a bad release folder or bad options).
 """
 from __future__ import annotations
 
@@ -14,13 +19,12 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from lgiformer.data import VideoClassificationDataset
+from lgiformer.data import VideoClassificationDataset, VideoSample, collate_readable
 from lgiformer.inference import predict as predict_loader
 from lgiformer.models.release import load_release, read_release_config
 
@@ -40,26 +44,17 @@ def load_model(release: str | os.PathLike, device: str = "cpu") -> torch.nn.Modu
     return load_release(release).to(device).eval()
 
 
-def build_views_dataset(inputs: Sequence[str], data: dict, model_args: dict, clips: int | None, crops: int | None,
-                        list_dir: str):
-    """The finetuning test dataset over ``inputs`` (dummy labels): one [V, 3, T, H, W] tensor per input."""
-    list_file = Path(list_dir) / "inputs.txt"
-    lines = []
-    for item in inputs:
-        p = Path(item).resolve()
-        if not p.exists():
-            raise FileNotFoundError(item)
-        if " " in str(p):
-            raise ValueError(f"{item}: paths with spaces are not supported by the list format; rename or link it")
-        lines.append(f"{p} 0")
-    list_file.write_text("\n".join(lines) + "\n")
+def build_views_dataset(inputs: Sequence[str], data: dict, model_args: dict, clips: int | None, crops: int | None):
+    """The finetuning test dataset over ``inputs`` (dummy labels): one [V, 3, T, H, W] tensor per input, or an
+    ``Unreadable`` record for an input that cannot be read (load it with ``collate_readable``)."""
+    samples = [VideoSample(str(Path(item).resolve()), 0) for item in inputs]
     settings = dict(num_frames=model_args.get("num_frames", 16), img_size=model_args.get("img_size", 160))
     settings.update({k: v for k, v in data.items() if k in _DATASET_KEYS})
     if clips:
         settings["test_num_clips"] = clips
     if crops:
         settings["test_num_crops"] = crops
-    return VideoClassificationDataset(str(list_file), mode="test", **settings)
+    return VideoClassificationDataset(samples, mode="test", **settings)
 
 
 # Data settings a release may carry that the test dataset accepts (the rest of `data` is descriptive only).
@@ -69,18 +64,25 @@ _DATASET_KEYS = ("num_frames", "sampling_rate", "img_size", "short_side_size", "
 
 def run(release: str, inputs: Sequence[str], clips: int | None = None, crops: int | None = None,
         device: str = "cpu", batch_size: int = 1) -> dict:
+    """A result per input, in order: ``prediction`` and ``probabilities``, or ``error`` for an input that could not
+    be read (never replaced by another input)."""
     info = read_release_info(release)
     model = load_model(release, device)
-    with tempfile.TemporaryDirectory() as tmp:
-        dataset = build_views_dataset(inputs, info["data"], info["config"].get("model_args", {}), clips, crops, tmp)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-        result = predict_loader(model, loader, device)
+    dataset = build_views_dataset(inputs, info["data"], info["config"].get("model_args", {}), clips, crops)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
+                                         collate_fn=collate_readable)
+    result = predict_loader(model, loader, device)
+    errors = {e["index"]: e["reason"] for e in result.excluded}
+    probs_of = {int(i): probs.tolist() for i, probs in zip(result.indices, result.probs)}
     names = info["class_names"]
     results = []
-    for i, probs in zip(result.indices, result.probs):
-        ranked = sorted(zip(names, probs.tolist()), key=lambda t: -t[1])
-        results.append(dict(input=str(inputs[i]), prediction=ranked[0][0],
-                            probabilities={n: round(float(p), 6) for n, p in zip(names, probs.tolist())}))
+    for i, item in enumerate(inputs):
+        if i in errors:
+            results.append(dict(input=str(item), error=errors[i]))
+            continue
+        ranked = sorted(zip(names, probs_of[i]), key=lambda t: -t[1])
+        results.append(dict(input=str(item), prediction=ranked[0][0],
+                            probabilities={n: round(float(p), 6) for n, p in zip(names, probs_of[i])}))
     return dict(model=str(release), model_name=getattr(model, "model_name", ""), classes=names,
                 views=int(getattr(dataset, "num_views", 0) or 0) or None, results=results)
 
@@ -88,6 +90,9 @@ def run(release: str, inputs: Sequence[str], clips: int | None = None, crops: in
 def format_text(output: dict, top: int) -> str:
     lines = []
     for r in output["results"]:
+        if "error" in r:
+            lines.append(f"{r['input']}: error: {r['error']}")
+            continue
         ranked = sorted(r["probabilities"].items(), key=lambda t: -t[1])[:top]
         lines.append(f"{r['input']}: {r['prediction']}")
         lines += [f"  {name:>16s} {p:6.3f}" for name, p in ranked]
@@ -105,12 +110,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("lgiformer.data.datasets").setLevel(logging.ERROR)  # unreadable inputs: our own error lines
     try:
         output = run(args.model, args.inputs, args.clips, args.crops, args.device)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(output, indent=1) if args.json else format_text(output, args.top or len(output["classes"])))
+    failed = sum("error" in r for r in output["results"])
+    if failed:
+        print(f"{failed} of {len(output['results'])} inputs could not be read (exit code 1)", file=sys.stderr)
+        return 1
     return 0
 
 
