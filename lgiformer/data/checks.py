@@ -250,8 +250,9 @@ def check_inputs(items: Sequence[VideoSample | AUVideo], *, min_frames: int, bac
             if reason is not None:
                 problems.append(Problem(source, e.line, reason if isinstance(outcome, str) else f"{e.path}: {reason}"))
         saved = cache.save(set(paths))
-        log.info("inputs of %s: %d entries, %d files checked (%d opened, the rest known from the cache%s)",
-                 source or "(no list)", len(entries), len(paths), opened, f" {saved}" if saved else "")
+        log.info("inputs of %s: %d entries, %d files checked: %d opened, %d known from the cache (%s)",
+                 source or "(no list)", len(entries), len(paths), opened, len(paths) - opened,
+                 saved or "not saved: no writable place")
     if problems:
         problems.sort(key=lambda p: (p.source, p.line))
         short = any("too short:" in p.reason for p in problems)

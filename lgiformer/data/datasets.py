@@ -288,8 +288,9 @@ def frame_opts(frame_ext, frame_template) -> dict:
 class VideoPretrainDataset(RobustVideoDataset):
     """Unlabeled clips for masked pretraining: ``(clip [3, T, S, S] float, mask [N] bool, index)``; the mask is an
     empty bool tensor without ``mask_generator``. ``samples`` is a list of :class:`VideoSample` or a pretraining list
-    file (``path`` or ``path start total``; files are not checked at start-up unless ``check_files``: a missing or
-    broken one is replaced when read).
+    file (``path`` or ``path start total``; its files are not checked here unless ``check_files``: the pretraining
+    task checks them at start-up with :mod:`lgiformer.data.checks`, and one that breaks later is replaced when
+    read).
 
     ``repeat_aug = r > 1`` is repeated sampling (MAE-ST's ``repeat_aug``, VideoMAE V2's ``num_sample``): the window is
     decoded once and cut into ``r`` views, each with its own crop and mask, so an item is ``(clips [r, 3, T, S, S],
@@ -380,7 +381,8 @@ class ClipAULabels:
 class VideoClassificationDataset(RobustVideoDataset):
     """Labeled clips. train: a random window + augmentation; val: the centre window, centre crop (deterministic);
     items ``(clip [3, T, S, S], label, index)``. test: ``(views [V, 3, T, S, S], label, index)`` with
-    V = test_num_clips x test_num_crops (evenly spaced windows x distinct spatial crops, clip-major).
+    V = test_num_clips x test_num_crops (evenly spaced windows x distinct spatial crops, clip-major). In val and test
+    a clip that cannot be read is an :class:`Unreadable` item, never another clip (load with ``collate_readable``).
 
     With ``au_labels`` (:class:`ClipAULabels`) the items also carry the AUs of each window's centre frame (position
     ``num_frames // 2``, as in the AU task's clip mode), before the index: ``au [K], au_valid [K]``, and in test mode

@@ -12,7 +12,9 @@ whitespace (the reference format is space-separated).
 Validation: every bad line is collected and reported in one :class:`ListFormatError` naming the file, the line
 number and the reason (wrong number of fields, non-integer or out-of-range label, missing file or folder, too few
 frames when the count is known from the list or cheap to get, i.e. for frame folders). Blank lines and lines
-starting with ``#`` are skipped. An empty list is an error.
+starting with ``#`` are skipped. An empty list is an error. The training tasks read their lists with
+``check_files=False`` and check every file in one pass instead (:mod:`lgiformer.data.checks`: exists, opens, holds
+enough frames, video files included).
 """
 from __future__ import annotations
 
