@@ -31,6 +31,7 @@ from lgiformer.data.lists import AUVideo, VideoSample, read_au_csv, read_video_l
 from lgiformer.data.readers import VideoReadError, open_video
 from lgiformer.data.sampling import center_indices, pretrain_indices, test_clip_indices, train_indices
 from lgiformer.data.transforms import build_transform
+from lgiformer.distributed import all_reduce_sum
 from lgiformer.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -129,10 +130,11 @@ class BadSampleCounter:
             "Check the data root and the list file, or remove the broken videos from the list.")
 
     def end_epoch(self, epoch: int, threshold: float = 0.01) -> dict:
-        """The epoch's counts, reported (a warning when any read failed), checked against ``threshold``, then
-        zeroed for the next epoch."""
-        counts = self.snapshot()
+        """The epoch's counts over every process (summed, so that all of them stop together or none), reported (a
+        warning when any read failed), checked against ``threshold``, then zeroed for the next epoch."""
+        local = self.snapshot()
         self.reset()
+        counts = dict(zip(("bad", "total"), all_reduce_sum([local["bad"], local["total"]])))
         if counts["bad"]:
             log.warning("epoch %d: %d bad samples of %d training reads, each replaced by another training sample "
                         "(evaluation never replaces: it excludes and reports)", epoch, counts["bad"], counts["total"])
