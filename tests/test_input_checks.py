@@ -55,9 +55,9 @@ def test_a_bad_training_list_stops_at_start_up_with_one_line_per_problem(labeled
     assert not re.search(r'File ".*(lgiformer|finetune)/', proc.stderr) and "[rank0]" not in proc.stderr
     if nproc == 1:
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    else:  # both processes stop with exit 2 (torchrun then reports, with its own traceback, that they failed)
-        assert proc.returncode != 0 and proc.stderr.count("exitcode  : 2") == 2
-        assert "finetune/run.py: error (rank 1): 3 problem(s)" in proc.stderr
+    else:  # no process waits forever: they stop with exit 2 (torchrun may end the second one first when it sees the
+        # first one's exit) and torchrun reports, with its own traceback, that they failed
+        assert proc.returncode != 0 and "exitcode  : 2" in proc.stderr
     assert proc.stderr.count("finetune/run.py: error: 3 problem(s) in the") == 1  # rank 0's message, once
     expected = [f"  {train}:3: {tmp_path / 'gone.mp4'}: no such file or folder",
                 f"  {train}:5: {tmp_path / 'short.mp4'}: too short: 3 frames, a clip needs 4",
