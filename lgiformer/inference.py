@@ -176,8 +176,9 @@ def check_excluded(excluded: Sequence[dict], total: int, threshold: float | None
     shown = "\n  ".join(f"{e['path']}: {e['reason']}" for e in excluded[:20])
     if n > 20:
         shown += f"\n  ... and {n - 20} more"
-    if n >= total or (threshold is not None and n / total > threshold):
-        limit = f", more than data.bad_sample_threshold ({100 * threshold:.1f} %)" if threshold is not None else ""
+    over = threshold is not None and n / total > threshold
+    if n >= total or over:
+        limit = f", more than data.bad_sample_threshold ({100 * threshold:.1f} %)" if over else ""
         raise TooManyBadSamples(
             f"{split}: {n} of {total} {unit} ({100 * n / total:.1f} %) could not be read{limit}. Evaluation excludes "
             f"unreadable {unit} (it never scores another file in their place), so the figures would leave them "
