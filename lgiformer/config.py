@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import sys
 import typing
 from pathlib import Path
@@ -380,7 +381,8 @@ class DataConfig:
     data_root: str = ""                       # "" with a synthetic dataset: data/synthetic/<its options' name>
     num_workers: int = 2
     backend: str = "auto"                     # auto | decord | pyav | frames
-    bad_sample_threshold: float = 0.01
+    bad_sample_threshold: float = 0.01        # unreadable fraction that stops training (per epoch) or evaluation
+    min_frames: int = 0                       # a listed video needs this many frames (0: the clip's num_frames)
     synthetic: dict = dataclasses.field(default_factory=dict)   # generator options (lgiformer.data.synthetic)
 
     def validate(self) -> None:
@@ -388,6 +390,8 @@ class DataConfig:
             raise ConfigError("data.num_workers must be >= 0")
         if not 0.0 <= self.bad_sample_threshold <= 1.0:
             raise ConfigError(f"data.bad_sample_threshold must be in [0, 1], got {self.bad_sample_threshold}")
+        if self.min_frames < 0:
+            raise ConfigError(f"data.min_frames must be >= 0 (0: the clip's num_frames), got {self.min_frames}")
         check_synthetic(self.synthetic)
 
 
@@ -425,7 +429,9 @@ def config_main(argv: Sequence[str], *, prog: str, doc: str, default_config: str
     """The body of a ``run.py`` entry point: ``--help`` prints ``doc``; ``--config FILE`` (default
     ``default_config``) plus ``--section.key value`` overrides are loaded by ``load``; a config error is one line on
     stderr and exit 2 (before any process group or file exists); then ``run(config)``, where an
-    :class:`~lgiformer.errors.InputError` (bad data, lists, checkpoints) is also one line and exit 2."""
+    :class:`~lgiformer.errors.InputError` (bad data, lists, checkpoints) is its message without a traceback and exit
+    2 (a message listing several problems has one line per problem; processes other than rank 0 print only its
+    first line)."""
     if any(a in ("-h", "--help") for a in argv):
         print(doc)
         return 0
@@ -437,7 +443,11 @@ def config_main(argv: Sequence[str], *, prog: str, doc: str, default_config: str
         return 2
     try:
         run(cfg)
-    except InputError as err:  # bad data, lists or checkpoints found after start-up: one line per process
-        print(f"{prog}: error: {err}", file=sys.stderr)
+    except InputError as err:  # bad data, lists or checkpoints found after start-up: no traceback
+        rank = os.environ.get("RANK", "0")
+        if rank == "0":
+            print(f"{prog}: error: {err}", file=sys.stderr)
+        else:  # the other processes stop too; rank 0's message has the details (each rank's own first line)
+            print(f"{prog}: error (rank {rank}): {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
     return 0

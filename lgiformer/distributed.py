@@ -103,6 +103,16 @@ def all_reduce_mean(value: float | torch.Tensor) -> float:
     return float(t)
 
 
+def all_reduce_sum(values: list[int]) -> list[int]:
+    """Element-wise sums of integer ``values`` over every rank (so that every rank takes the same decision)."""
+    t = torch.tensor(values, dtype=torch.int64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        if dist.get_backend() == "nccl":
+            t = t.cuda()
+        dist.all_reduce(t)
+    return [int(v) for v in t.tolist()]
+
+
 def all_true(flag: bool, device: torch.device | None = None) -> bool:
     """True when ``flag`` holds on every rank (so all ranks take the same branch)."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
@@ -121,6 +131,16 @@ def gather_arrays(*arrays):
     dist.all_gather_object(parts, arrays)
     cat = [torch.cat if torch.is_tensor(a) else np.concatenate for a in arrays]
     return tuple(cat[i]([p[i] for p in parts]) for i in range(len(arrays)))
+
+
+def gather_objects(value) -> list:
+    """Every rank's ``value`` (any picklable object), in rank order; ``[value]`` in one process. For small results
+    whose shapes may differ between ranks (a rank may have read nothing)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return [value]
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, value)
+    return parts
 
 
 def broadcast_object(value):

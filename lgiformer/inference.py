@@ -14,11 +14,17 @@ evaluation, and the report files.
   docs/REFERENCE.md#defect-3).
 * Under torch.distributed each rank evaluates its shard; results are gathered and de-duplicated by sample index,
   so a padded DistributedSampler does not count a sample twice.
+* Unreadable input is never replaced here (training replaces it; evaluation must not score one file under another's
+  path and label): a clip (an AU video) that no reader can read is excluded, logged, counted in the metrics
+  (``evaluated``, ``excluded``) and listed with its error under ``excluded_files``; the figures cover the rest. When
+  more than ``bad_sample_threshold`` of the clips (videos) are excluded, or all of them, evaluation stops with
+  :class:`~lgiformer.data.TooManyBadSamples` naming the files.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -33,8 +39,8 @@ from tqdm import tqdm
 
 from lgiformer import metrics as M
 from lgiformer.au import fold_f1, smooth_by_video
-from lgiformer.data import AUFrameWindows, center_indices
-from lgiformer.distributed import gather_arrays, rank_and_world
+from lgiformer.data import AUFrameWindows, ReadableBatch, TooManyBadSamples, center_indices, collate_readable
+from lgiformer.distributed import gather_objects, rank_and_world
 from lgiformer.models.au import au_probs
 
 log = logging.getLogger(__name__)
@@ -80,8 +86,10 @@ def forward_views(model: nn.Module, clips: torch.Tensor, max_views_per_call: int
 
 @dataclass
 class EvalResult:
-    """Per-sample probabilities (view-averaged), labels and dataset indices, sorted by index, plus metrics. From a
-    multi-task model, also the AU probabilities, labels and validity of every view, ``[N, V, A]`` (``au_*``)."""
+    """Per-sample probabilities (view-averaged), labels and dataset indices of the samples that were read, sorted by
+    index, plus metrics. From a multi-task model, also the AU probabilities, labels and validity of every view,
+    ``[N, V, A]`` (``au_*``). ``excluded``: the samples no reader could read (``index, path, reason, label``), sorted
+    by index; they have no row in the arrays."""
     probs: np.ndarray
     labels: np.ndarray
     indices: np.ndarray
@@ -89,6 +97,7 @@ class EvalResult:
     au_probs: np.ndarray | None = None
     au_labels: np.ndarray | None = None
     au_valid: np.ndarray | None = None
+    excluded: list = field(default_factory=list)
 
     @property
     def preds(self) -> np.ndarray:
@@ -100,46 +109,84 @@ def _views(x: torch.Tensor, b: int, a: int) -> np.ndarray:
     return x.reshape(b, -1, a).cpu().numpy()
 
 
+def _unique_by_index(records) -> list[dict]:
+    """One record per sample index (a padded DistributedSampler reads some samples twice), sorted by index."""
+    by_index: dict[int, dict] = {}
+    for r in records:
+        by_index.setdefault(int(r["index"]), dict(r))
+    return [by_index[i] for i in sorted(by_index)]
+
+
 @torch.no_grad()
 def predict(model: nn.Module, loader, device: torch.device | str = "cpu", amp_dtype: torch.dtype | None = None,
             max_views_per_call: int | None = None, progress: bool = False) -> EvalResult:
-    """View-averaged probabilities for every sample of ``loader`` (all ranks gathered, sorted by index). Batches
-    ``(clips, labels, au, au_valid, indices)`` (a dataset with AU labels) are run with ``with_au=True`` and give
-    the AU fields too."""
+    """View-averaged probabilities for every readable sample of ``loader`` (all ranks gathered, sorted by index).
+    Evaluation loaders use ``collate_fn=collate_readable``: their unreadable samples come out in
+    ``result.excluded``, with no prediction. Batches ``(clips, labels, au, au_valid, indices)`` (a dataset with AU
+    labels) are run with ``with_au=True`` and give the AU fields too."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
     autocast = _autocast(device, amp_dtype)
-    probs, labels, indices, au = [], [], [], ([], [], [])
-    with_au = False
+    rows: list[list[np.ndarray]] = []  # per batch: probs, labels, indices (, AU probs, AU labels, AU validity)
+    unreadable: list[dict] = []
     try:
         for batch in tqdm(loader, desc="evaluating", disable=not progress, leave=False, dynamic_ncols=True):
+            if isinstance(batch, ReadableBatch):
+                unreadable += [dataclasses.asdict(u) for u in batch.unreadable]
+                batch = batch.batch
+                if batch is None:
+                    continue
             clips, target, index = batch[0], batch[1], batch[-1]
             with_au = len(batch) == 5
             with autocast:
                 out = forward_views(model, clips.to(device, non_blocking=True), max_views_per_call, with_au)
             logits = out[0] if with_au else out
-            probs.append(average_views(logits).cpu().numpy())
-            labels.append(torch.as_tensor(target).view(-1).cpu().numpy())
-            indices.append(torch.as_tensor(index).view(-1).cpu().numpy())
+            row = [average_views(logits).cpu().numpy(), torch.as_tensor(target).view(-1).cpu().numpy().astype(np.int64),
+                   torch.as_tensor(index).view(-1).cpu().numpy().astype(np.int64)]
             if with_au:
                 b, a = logits.shape[0], out[1].shape[-1]
-                for store, x in zip(au, (out[1].float(), batch[2].float(), batch[3].bool())):
-                    store.append(_views(x, b, a))
+                row += [_views(x, b, a) for x in (out[1].float(), batch[2].float(), batch[3].bool())]
+            rows.append(row)
     finally:
         model.train(was_training)
-    k = probs[0].shape[1] if probs else 0
-    arrays = [np.concatenate(probs) if probs else np.zeros((0, k), np.float32),
-              np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64),
-              np.concatenate(indices).astype(np.int64) if indices else np.zeros(0, np.int64)]
-    if with_au:
-        arrays += [np.concatenate(x) for x in au]
-    arrays = gather_arrays(*arrays)
+    parts = gather_objects((rows, unreadable))  # a rank may have read nothing: gather lists, not arrays
+    rows = [row for part in parts for row in part[0]]
+    excluded = _unique_by_index(u for part in parts for u in part[1])
+    if not rows:
+        return EvalResult(np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64),
+                          excluded=excluded)
+    arrays = [np.concatenate(column) for column in zip(*rows)]
     i, first = np.unique(arrays[2], return_index=True)  # sorted; drops the DistributedSampler's padded repeats
-    result = EvalResult(probs=arrays[0][first], labels=arrays[1][first], indices=i)
-    if with_au:
+    read = set(i.tolist())
+    result = EvalResult(probs=arrays[0][first], labels=arrays[1][first], indices=i,
+                        excluded=[e for e in excluded if e["index"] not in read])
+    if len(arrays) > 3:
         result.au_probs, result.au_labels, result.au_valid = (x[first] for x in arrays[3:])
     return result
+
+
+def check_excluded(excluded: Sequence[dict], total: int, threshold: float | None, split: str,
+                   unit: str = "clips") -> None:
+    """Log the ``excluded`` files of an evaluation of ``total`` items; raise :class:`TooManyBadSamples`, naming
+    them, when none could be read or more than ``threshold`` (``data.bad_sample_threshold``) of them are
+    excluded."""
+    if not excluded:
+        return
+    n = len(excluded)
+    shown = "\n  ".join(f"{e['path']}: {e['reason']}" for e in excluded[:20])
+    if n > 20:
+        shown += f"\n  ... and {n - 20} more"
+    over = threshold is not None and n / total > threshold
+    if n >= total or over:
+        limit = f", more than data.bad_sample_threshold ({100 * threshold:.1f} %)" if over else ""
+        raise TooManyBadSamples(
+            f"{split}: {n} of {total} {unit} ({100 * n / total:.1f} %) could not be read{limit}. Evaluation excludes "
+            f"unreadable {unit} (it never scores another file in their place), so the figures would leave them "
+            f"out:\n  {shown}\nRepair the files or remove them from the list.")
+    if rank_and_world()[0] == 0:
+        log.warning("%s: %d of %d %s could not be read and are left out of the figures (never replaced):\n  %s",
+                    split, n, total, unit, shown)
 
 
 def au_view_metrics(result: EvalResult, au_names: Sequence[str], threshold: float = 0.5) -> dict:
@@ -155,11 +202,16 @@ def au_view_metrics(result: EvalResult, au_names: Sequence[str], threshold: floa
 def evaluate(model: nn.Module, loader, num_classes: int, class_names: Sequence[str] | None = None,
              device: torch.device | str = "cpu", amp_dtype: torch.dtype | None = None,
              max_views_per_call: int | None = None, au_names: Sequence[str] | None = None,
-             au_threshold: float = 0.5, progress: bool = False) -> EvalResult:
-    """:func:`predict` plus UAR / WAR / per-class recall / weighted F1 / confusion matrix in ``result.metrics``, and
-    with AU labels the AU F1 (:func:`au_view_metrics`) under ``result.metrics["au"]``."""
+             au_threshold: float = 0.5, *, bad_sample_threshold: float | None = None,
+             split: str = "evaluation", progress: bool = False) -> EvalResult:
+    """:func:`predict` plus UAR / WAR / per-class recall / weighted F1 / confusion matrix in ``result.metrics``
+    over the samples that were read, with their count (``evaluated``) and that of the unreadable ones
+    (``excluded``; :func:`check_excluded` stops at ``bad_sample_threshold``); with AU labels also the AU F1
+    (:func:`au_view_metrics`) under ``result.metrics["au"]``."""
     result = predict(model, loader, device, amp_dtype, max_views_per_call, progress)
+    check_excluded(result.excluded, len(result.indices) + len(result.excluded), bad_sample_threshold, split)
     result.metrics = M.classification_metrics(result.labels, result.preds, num_classes, class_names)
+    result.metrics.update(evaluated=int(len(result.indices)), excluded=len(result.excluded))
     if result.au_probs is not None:
         names = list(au_names) if au_names is not None else [f"AU{i}" for i in range(result.au_probs.shape[-1])]
         result.metrics["au"] = au_view_metrics(result, names, au_threshold)
@@ -191,15 +243,18 @@ def classification_rows(result: EvalResult, class_names: Sequence[str], sample_p
 def save_report(result: EvalResult, out_dir: str | Path, split: str, class_names: Sequence[str],
                 sample_paths: Sequence[str] | None = None, writer=None, step: int = 0,
                 extra: dict | None = None) -> dict:
-    """Write the metrics JSON, predictions CSV and confusion PNG for ``split``; log to TensorBoard if given.
-    Returns the metrics dict with ``extra`` (e.g. the checkpoint-selection rule) merged in."""
+    """Write the metrics JSON (with ``excluded_files``, the unreadable samples and their errors), predictions CSV
+    (one row per sample that was read) and confusion PNG for ``split``; log to TensorBoard if given. Returns the
+    metrics dict with ``extra`` (e.g. the checkpoint-selection rule) merged in."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = {"split": split, **(extra or {}), **result.metrics}
+    report = {"split": split, **(extra or {}), **result.metrics, "excluded_files": list(result.excluded)}
     (out_dir / f"{split}_metrics.json").write_text(json.dumps(report, indent=1))
     write_csv(out_dir / f"{split}_predictions.csv", *classification_rows(result, class_names, sample_paths))
     cm = np.asarray(result.metrics["confusion"])
     title = f"{split}: UAR {100 * result.metrics['uar']:.1f}  WAR {100 * result.metrics['war']:.1f}"
+    if result.excluded:
+        title += f"  ({len(result.excluded)} unreadable excluded)"
     M.save_confusion_png(cm, class_names, out_dir / f"{split}_confusion.png", title=title)
     if writer is not None:
         for key in ("uar", "war", "weighted_f1"):
@@ -251,56 +306,77 @@ def _probs_from_output(out: Dict, dense: bool, centre_slot: int) -> torch.Tensor
 
 @torch.no_grad()
 def predict_frames(model: nn.Module, dataset: AUFrameWindows, *, batch_size: int, device, amp_dtype=None,
-                   num_workers: int = 0, dense: bool = False, tubelet: int = 2) -> torch.Tensor:
-    """Probabilities ``[len(dataset), A]`` in dataset order. With torch.distributed each rank predicts a strided
-    share and the shares are gathered."""
+                   num_workers: int = 0, dense: bool = False, tubelet: int = 2) -> tuple[torch.Tensor, list[dict]]:
+    """Probabilities ``[len(dataset), A]`` in dataset order (rows of unreadable items stay zero) and the unreadable
+    items (``index, path, reason``), sorted. With torch.distributed each rank predicts a strided share and the
+    shares are gathered."""
     rank, world = rank_and_world()
     indices = list(range(rank, len(dataset), world))
     loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers)
+                        num_workers=num_workers, collate_fn=collate_readable)
     was_training = model.training
     model.eval()
     centre_slot = (dataset.num_frames // 2) // tubelet
     autocast = _autocast(device, amp_dtype)
-    rows, probs = [], []
-    for batch in loader:
-        clips = batch[0].to(device, non_blocking=True)
+    rows, probs, unreadable = [], [], []
+    for collated in loader:
+        unreadable += [dataclasses.asdict(u) for u in collated.unreadable]
+        if collated.batch is None:
+            continue
+        clips = collated.batch[0].to(device, non_blocking=True)
         with autocast:
             out = model(clips)
         probs.append(_probs_from_output(out, dense, centre_slot).cpu())
-        rows.append(batch[3])
+        rows.append(collated.batch[3])
     model.train(was_training)
-    a = getattr(model, "num_aus", None)
-    local_p = torch.cat(probs) if probs else torch.zeros(0, a or 0)
-    local_i = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
-    local_i, local_p = gather_arrays(local_i, local_p)
-    result = torch.zeros(len(dataset), local_p.shape[1])
-    result[local_i] = local_p
-    return result
+    parts = gather_objects((rows, probs, unreadable))
+    rows = [r for part in parts for r in part[0]]
+    probs = [p for part in parts for p in part[1]]
+    a = probs[0].shape[1] if probs else getattr(model, "num_aus", 0)
+    result = torch.zeros(len(dataset), a)
+    if rows:
+        result[torch.cat(rows)] = torch.cat(probs).float()
+    return result, _unique_by_index(u for part in parts for u in part[2])
 
 
 def evaluate_au(model: nn.Module, dataset: AUFrameWindows, au_names: Sequence[str], *, threshold: float,
                 smooth_window: int, batch_size: int, device, amp_dtype=None, num_workers: int = 0,
-                dense: bool = False, tubelet: int = 2, sampling_rate: int = 1) -> tuple[Dict, Dict]:
-    """(metrics, arrays for the predictions file)."""
-    probs = predict_frames(model, dataset, batch_size=batch_size, device=device, amp_dtype=amp_dtype,
-                           num_workers=num_workers, dense=dense, tubelet=tubelet)
-    labels = torch.stack([torch.from_numpy(dataset.videos[vi].labels[p]) for vi, p in dataset.items])
-    valid = torch.stack([torch.from_numpy(dataset.videos[vi].valid[p]) for vi, p in dataset.items])
-    vids = [vi for vi, _ in dataset.items]
+                dense: bool = False, tubelet: int = 2, sampling_rate: int = 1,
+                bad_sample_threshold: float | None = None, split: str = "evaluation") -> tuple[Dict, Dict]:
+    """(metrics, arrays for the predictions file). A video with a frame that cannot be read is left out whole (its
+    other frames too): the metrics cover the videos that were read and list the others under ``excluded_files``
+    (:func:`check_excluded` stops at ``bad_sample_threshold``); ``arrays["rows"]`` are the dataset items kept."""
+    probs, unreadable = predict_frames(model, dataset, batch_size=batch_size, device=device, amp_dtype=amp_dtype,
+                                       num_workers=num_workers, dense=dense, tubelet=tubelet)
+    failed: dict[int, dict] = {}
+    for u in unreadable:
+        vi = dataset.items[u["index"]][0]
+        failed.setdefault(vi, dict(path=dataset.videos[vi].path, reason=u["reason"], frames=0))["frames"] += 1
+    excluded = [failed[vi] for vi in sorted(failed)]
+    videos = sorted({vi for vi, _ in dataset.items})
+    check_excluded(excluded, len(videos), bad_sample_threshold, split, unit="videos")
+    rows = [row for row, (vi, _) in enumerate(dataset.items) if vi not in failed]
+    items = [dataset.items[row] for row in rows]
+    probs = probs[torch.tensor(rows, dtype=torch.long)]
+    labels = torch.stack([torch.from_numpy(dataset.videos[vi].labels[p]) for vi, p in items])
+    valid = torch.stack([torch.from_numpy(dataset.videos[vi].valid[p]) for vi, p in items])
+    vids = [vi for vi, _ in items]
     centre_pos = {vi: int(center_indices(len(v.frames), dataset.num_frames, dataset.stride)[dataset.num_frames // 2])
                   for vi, v in enumerate(dataset.videos)}
-    centre = torch.tensor([centre_pos[vi] == p for vi, p in dataset.items])
+    centre = torch.tensor([centre_pos[vi] == p for vi, p in items])
     metrics, smoothed = au_metrics(probs, labels, valid, vids, centre, threshold=threshold,
                                    smooth_window=smooth_window, au_names=au_names)
-    return metrics, dict(probs=probs, smoothed=smoothed, labels=labels, valid=valid)
+    metrics.update(evaluated=len(videos) - len(excluded), excluded=len(excluded), excluded_files=excluded)
+    return metrics, dict(probs=probs, smoothed=smoothed, labels=labels, valid=valid, rows=rows)
 
 
 def au_frame_rows(dataset: AUFrameWindows, au_names: Sequence[str], arrays: Dict, threshold: float
                   ) -> tuple[list[str], Iterator[list]]:
-    """Header and rows, one per evaluated frame: ``path, frame, subject``, then per AU the raw probability, the
-    smoothed one (if any), the prediction (from the primary probabilities) and the label (``-1`` = not annotated)."""
+    """Header and rows, one per evaluated frame (``arrays["rows"]``: the dataset items that were read): ``path,
+    frame, subject``, then per AU the raw probability, the smoothed one (if any), the prediction (from the primary
+    probabilities) and the label (``-1`` = not annotated)."""
     probs, smoothed = arrays["probs"], arrays["smoothed"]
+    items = [dataset.items[row] for row in arrays.get("rows", range(len(dataset.items)))]
     primary = smoothed if smoothed is not None else probs
     header = ["path", "frame", "subject"]
     for name in au_names:
@@ -308,7 +384,7 @@ def au_frame_rows(dataset: AUFrameWindows, au_names: Sequence[str], arrays: Dict
                                                                                               f"{name}_label"]
 
     def rows() -> Iterator[list]:
-        for row, (vi, p) in enumerate(dataset.items):
+        for row, (vi, p) in enumerate(items):
             v = dataset.videos[vi]
             line: list[Any] = [v.path, int(v.frames[p]), v.subject]
             for k in range(len(au_names)):

@@ -1,15 +1,21 @@
 """Classify videos with a finetuned release: per-class probabilities for each input.
 
-    python -m lgiformer.predict --model RELEASE_DIR video.mp4 [more.mp4 | frame_folder ...] [--json] [--crop-faces]
+    python -m lgiformer.predict --model RELEASE_DIR video.mp4 [more.mp4 | frame_folder ...] [--json]
 
 Each input (a video file or a folder of frames) goes through exactly the test pipeline of finetuning: the same
 reader, temporal sampling, resizing and normalisation, N temporal clips x M spatial crops (from the release's
 ``config.json``, or ``--clips`` / ``--crops``), softmax averaged over the views. The text output lists the classes by
 probability; ``--json`` prints one object with a result per input (``probabilities`` sum to 1).
 
+An input that cannot be read (missing, empty, not a video, cut off) is never replaced by another one: it gets its own
+line ``INPUT: error: REASON`` (in ``--json``: ``{"input", "error"}``) and the other inputs are still predicted. Exit
+codes: 0 every input was predicted; 1 at least one input could not be read (the others were predicted); 2 nothing
+could run (a bad release folder or bad options).
+
 The models are trained on face crops. ``--crop-faces`` takes footage that is not face-cropped: every frame's face is
 detected, tracked and cropped first (:mod:`lgiformer.data.faces`, the same crops as ``python -m data_lists
-crop-faces``), and each result gets a ``face`` entry (frames, frames with a detection).
+crop-faces``), and each result gets a ``face`` entry (frames, frames with a detection); an input in which no face is
+found is an error line like any unreadable input.
 """
 from __future__ import annotations
 
@@ -24,12 +30,7 @@ from typing import Sequence
 
 import torch
 
-from lgiformer.data import (
-    TooManyBadSamples,
-    VideoClassificationDataset,
-    VideoReadError,
-    open_video,
-)
+from lgiformer.data import VideoClassificationDataset, VideoReadError, VideoSample, collate_readable
 from lgiformer.data.faces import FaceCropSettings, HaarFaceDetector, crop_to
 from lgiformer.inference import predict as predict_loader
 from lgiformer.models.release import load_release, read_release_config
@@ -50,31 +51,17 @@ def load_model(release: str | os.PathLike, device: str = "cpu") -> torch.nn.Modu
     return load_release(release).to(device).eval()
 
 
-def build_views_dataset(inputs: Sequence[str], data: dict, model_args: dict, clips: int | None, crops: int | None,
-                        list_dir: str):
-    """The finetuning test dataset over ``inputs`` (dummy labels): one [V, 3, T, H, W] tensor per input."""
-    list_file = Path(list_dir) / "inputs.txt"
-    lines = []
-    for item in inputs:
-        p = Path(item).resolve()
-        if not p.exists():
-            raise FileNotFoundError(f"{item}: no such file or folder (expected a video file or a folder of frames)")
-        try:  # one clear error naming the input, before any work
-            open_video(p)
-        except VideoReadError as err:
-            raise VideoReadError(item, f"{err.reason}; expected a video file or a folder of frames") from None
-        if " " in str(p):
-            raise ValueError(f"{item}: paths with spaces are not supported by the list format; rename or link it")
-        lines.append(f"{p} 0")
-    list_file.write_text("\n".join(lines) + "\n")
+def build_views_dataset(inputs: Sequence[str], data: dict, model_args: dict, clips: int | None, crops: int | None):
+    """The finetuning test dataset over ``inputs`` (dummy labels): one [V, 3, T, H, W] tensor per input, or an
+    ``Unreadable`` record for an input that cannot be read (load it with ``collate_readable``)."""
+    samples = [VideoSample(str(Path(item).resolve()), 0) for item in inputs]
     settings = dict(num_frames=model_args.get("num_frames", 16), img_size=model_args.get("img_size", 160))
     settings.update({k: v for k, v in data.items() if k in _DATASET_KEYS})
     if clips:
         settings["test_num_clips"] = clips
     if crops:
         settings["test_num_crops"] = crops
-    # max_retries=0: an input that cannot be decoded is an error, never replaced by another input's views
-    return VideoClassificationDataset(str(list_file), mode="test", max_retries=0, **settings)
+    return VideoClassificationDataset(samples, mode="test", **settings)
 
 
 # Data settings a release may carry that the test dataset accepts (the rest of `data` is descriptive only).
@@ -82,44 +69,56 @@ _DATASET_KEYS = ("num_frames", "sampling_rate", "img_size", "short_side_size", "
                  "test_num_crops", "frame_ext", "frame_template")
 
 
-def crop_inputs(inputs: Sequence[str], out_dir: str | os.PathLike, settings=None, progress: bool = False
-                ) -> tuple[list[str], list[dict]]:
+def crop_inputs(inputs: Sequence[str], out_dir: str | os.PathLike, settings: FaceCropSettings | None = None,
+                progress: bool = False) -> tuple[list[str], list[dict]]:
     """Face crops of each input (:func:`lgiformer.data.faces.crop_to`) as frame folders under ``out_dir``:
-    ``(folders, track summaries)``. ``settings``: :class:`~lgiformer.data.faces.FaceCropSettings` (default)."""
-    from tqdm.auto import tqdm
+    ``(folders, summaries)``. An input that cannot be cropped (unreadable, no face) keeps its path and gets
+    ``{"error": reason}`` as its summary."""
+    from tqdm.auto import tqdm  # the terminal-aware bar, only for this interactive option
 
     settings = settings or FaceCropSettings()
     detector = HaarFaceDetector()
     folders, summaries = [], []
     for i, item in enumerate(tqdm(inputs, desc="crop faces", unit="video", disable=not progress)):
-        if not Path(item).exists():
-            raise FileNotFoundError(f"{item}: no such file or folder (expected a video file or a folder of frames)")
         folder = Path(out_dir) / f"faces_{i:05d}"
-        summaries.append(crop_to(item, folder, settings, "frames", detector).summary())
-        folders.append(str(folder))
+        try:
+            summaries.append(crop_to(item, folder, settings, "frames", detector).summary())
+            folders.append(str(folder))
+        except (OSError, ValueError, VideoReadError) as err:
+            summaries.append({"error": " ".join(str(err).split())})
+            folders.append(str(item))
     return folders, summaries
 
 
 def run(release: str, inputs: Sequence[str], clips: int | None = None, crops: int | None = None,
-        device: str = "cpu", batch_size: int = 1, crop_faces=None, progress: bool = False) -> dict:
-    """Predictions for ``inputs``; ``crop_faces`` (True or a ``FaceCropSettings``) crops the faces first."""
+        device: str = "cpu", batch_size: int = 1, crop_faces: bool | FaceCropSettings = False,
+        progress: bool = False) -> dict:
+    """A result per input, in order: ``prediction`` and ``probabilities``, or ``error`` for an input that could not
+    be read (never replaced by another input). ``crop_faces`` (True or a ``FaceCropSettings``) crops the faces
+    first."""
     info = read_release_info(release)
     model = load_model(release, device)
     faces = None
     with tempfile.TemporaryDirectory() as tmp:
-        views_inputs = inputs
+        views_inputs = list(inputs)
         if crop_faces:
             views_inputs, faces = crop_inputs(inputs, tmp, None if crop_faces is True else crop_faces, progress)
-        dataset = build_views_dataset(views_inputs, info["data"], info["config"].get("model_args", {}), clips, crops,
-                                      tmp)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+        dataset = build_views_dataset(views_inputs, info["data"], info["config"].get("model_args", {}), clips, crops)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
+                                             collate_fn=collate_readable)
         result = predict_loader(model, loader, device)
+    errors = {e["index"]: e["reason"] for e in result.excluded}
+    errors.update({i: f["error"] for i, f in enumerate(faces or []) if "error" in f})
+    probs_of = {int(i): probs.tolist() for i, probs in zip(result.indices, result.probs)}
     names = info["class_names"]
     results = []
-    for i, probs in zip(result.indices, result.probs):
-        ranked = sorted(zip(names, probs.tolist()), key=lambda t: -t[1])
-        results.append(dict(input=str(inputs[i]), prediction=ranked[0][0],
-                            probabilities={n: round(float(p), 6) for n, p in zip(names, probs.tolist())}))
+    for i, item in enumerate(inputs):
+        if i in errors:
+            results.append(dict(input=str(item), error=errors[i]))
+            continue
+        ranked = sorted(zip(names, probs_of[i]), key=lambda t: -t[1])
+        results.append(dict(input=str(item), prediction=ranked[0][0],
+                            probabilities={n: round(float(p), 6) for n, p in zip(names, probs_of[i])}))
         if faces is not None:
             results[-1]["face"] = faces[i]
     return dict(model=str(release), model_name=getattr(model, "model_name", ""), classes=names,
@@ -129,6 +128,9 @@ def run(release: str, inputs: Sequence[str], clips: int | None = None, crops: in
 def format_text(output: dict, top: int) -> str:
     lines = []
     for r in output["results"]:
+        if "error" in r:
+            lines.append(f"{r['input']}: error: {r['error']}")
+            continue
         ranked = sorted(r["probabilities"].items(), key=lambda t: -t[1])[:top]
         lines.append(f"{r['input']}: {r['prediction']}")
         lines += [f"  {name:>16s} {p:6.3f}" for name, p in ranked]
@@ -151,16 +153,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "as python -m data_lists crop-faces)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("lgiformer.data.datasets").setLevel(logging.ERROR)  # unreadable inputs: our own error lines
     try:
         crop_faces = args.crop_faces
         if crop_faces and args.face_margin is not None:
             crop_faces = FaceCropSettings(margin=args.face_margin)
         output = run(args.model, args.inputs, args.clips, args.crops, args.device, crop_faces=crop_faces,
                      progress=crop_faces and sys.stderr.isatty())
-    except (FileNotFoundError, ValueError, ImportError, VideoReadError, TooManyBadSamples) as err:
+    except (FileNotFoundError, ValueError, ImportError) as err:
         print("error: " + " ".join(str(err).split()), file=sys.stderr)
         return 2
     print(json.dumps(output, indent=1) if args.json else format_text(output, args.top or len(output["classes"])))
+    failed = sum("error" in r for r in output["results"])
+    if failed:
+        print(f"{failed} of {len(output['results'])} inputs could not be read (exit code 1)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -17,14 +17,15 @@ def moving_frames(t: int = 12, size: int = 48, seed: int = 0) -> np.ndarray:
     return np.stack([np.roll(big, 2 * i, axis=1) for i in range(t)]).astype(np.uint8)
 
 
-def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 25) -> Path:
-    """An H.264 (or MPEG-4 part 2 when libx264 is missing) mp4 of ``frames`` [T, H, W, 3] uint8 (H, W even)."""
+def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 25, faststart: bool = False) -> Path:
+    """An H.264 (or MPEG-4 part 2 when libx264 is missing) mp4 of ``frames`` [T, H, W, 3] uint8 (H, W even);
+    ``faststart``: the index (moov) before the frames, so a copy cut short still opens and announces every frame."""
     import av
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    with av.open(str(path), "w") as out:
+    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as out:
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         stream.options = {"crf": "10"} if codec == "libx264" else {"qscale": "2"}

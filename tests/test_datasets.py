@@ -72,7 +72,7 @@ def test_corrupt_video_is_skipped_counted_and_replaced(data, caplog):
     # the end of an epoch: reported, zeroed for the next epoch, checked against the threshold
     with caplog.at_level(logging.WARNING, logger="lgiformer.data.datasets"):
         assert ds.bad_samples.end_epoch(3, threshold=0.6) == {"bad": 2, "total": 4}
-    assert any("epoch 3: 2 bad samples of 4 read" in r.getMessage() for r in caplog.records)
+    assert any("epoch 3: 2 bad samples of 4 training reads, each replaced" in r.getMessage() for r in caplog.records)
     assert ds.bad_samples.snapshot() == {"bad": 0, "total": 0}
     ds[4]
     with pytest.raises(TooManyBadSamples):

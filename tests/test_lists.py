@@ -61,7 +61,7 @@ def test_empty_and_missing_lists_are_errors(tmp_path):
     empty.write_text("# nothing\n\n")
     with pytest.raises(ListFormatError, match="no samples"):
         read_video_list(empty)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ListFormatError, match="nope.txt: list file not found"):
         read_video_list(tmp_path / "nope.txt")
 
 

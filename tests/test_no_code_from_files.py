@@ -151,14 +151,17 @@ def test_a_pickle_posing_as_safetensors_is_not_unpickled(tmp_path):
     assert not marker.exists()
 
 
-def test_finetune_refuses_malicious_pretrained_weights(tmp_path):
+def test_finetune_refuses_malicious_pretrained_weights(tmp_path, media):
     marker = tmp_path / "marker"
     sd = {"lg_region_tokens": torch.zeros(4, 32)}
     torch.save({"model": sd, "args": Payload(marker)}, tmp_path / "evil.pth")
     save_file(sd, str(tmp_path / "fine.safetensors"))  # a safetensors start point needs no pickle at all
+    media.folder(tmp_path / "data" / "clip", media.frames(4, 32), ext="jpg")  # lists that pass the start-up check
+    (tmp_path / "data" / "list.txt").write_text("clip 0\nclip 1\n")
     proc = run(["finetune/run.py", "--config", ROOT / "tests" / "configs" / "tiny_finetune.yaml",
                 "--run.output_dir", tmp_path / "out", "--data.dataset", "dfew", "--data.data_root",
-                tmp_path / "no_data", "--model.pretrained", tmp_path / "evil.pth"], check=False)
+                tmp_path / "data", "--data.train_list", tmp_path / "data" / "list.txt", "--data.test_list",
+                tmp_path / "data" / "list.txt", "--model.pretrained", tmp_path / "evil.pth"], check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "refusing to load" in proc.stderr and "builtins.exec" in proc.stderr and "Traceback" not in proc.stderr
     assert not marker.exists()

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lgiformer.data.datasets import RobustVideoDataset, frame_opts, is_path
+from lgiformer.data.datasets import RobustVideoDataset, Unreadable, frame_opts, is_path
 from lgiformer.data.lists import AUVideo, read_au_csv
 from lgiformer.data.readers import VideoReadError, open_video
 from lgiformer.data.sampling import center_indices, train_indices
@@ -52,6 +52,7 @@ class AUVideoDataset(RobustVideoDataset):
             transform = (build_transform("train", img_size, auto_augment=auto_augment, reprob=reprob, hflip=0.0)
                          if mode == "train" else build_transform("val", img_size))
         self.transform = transform
+        self.substitute = mode == "train"
 
     def _num_items_for(self, entries: list) -> int:
         return len(entries) * self.windows_per_video
@@ -83,7 +84,9 @@ def window_positions(n: int, centre: int, num_frames: int, stride: int) -> np.nd
 class AUFrameWindows(Dataset):
     """Evaluation items: one clip centred on each labelled frame (every ``frame_stride``-th) of each video, in video
     and time order. Items: ``(clip [3, T, S, S], labels [K], valid [K], item)``; :attr:`items` maps an item to
-    ``(video index, position)``. Deterministic (no augmentation)."""
+    ``(video index, position)``. Deterministic (no augmentation). An item that cannot be read is an
+    :class:`~lgiformer.data.datasets.Unreadable` record (load with ``collate_readable``); evaluation then leaves out
+    the whole video (:func:`lgiformer.inference.evaluate_au`)."""
 
     def __init__(self, videos: Sequence, *, num_frames: int, sampling_rate: int, img_size: int,
                  backend: str = "auto", frame_stride: int = 1) -> None:
@@ -97,13 +100,22 @@ class AUFrameWindows(Dataset):
         return len(self.items)
 
     def _open(self, vi: int):
+        """The video's reader, kept for its next frames; a video that cannot be opened fails once, not per frame."""
         if self._reader is None or self._reader[0] != vi:
-            self._reader = (vi, open_video(self.videos[vi].path, self.backend))
+            try:
+                self._reader = (vi, open_video(self.videos[vi].path, self.backend))
+            except VideoReadError as err:
+                self._reader = (vi, err)
+        if isinstance(self._reader[1], VideoReadError):
+            raise self._reader[1]
         return self._reader[1]
 
     def __getitem__(self, index: int):
         vi, p = self.items[index]
         v = self.videos[vi]
         positions = window_positions(len(v.frames), p, self.num_frames, self.stride)
-        frames = self._open(vi).get(v.frames[positions].tolist())
+        try:
+            frames = self._open(vi).get(v.frames[positions].tolist())
+        except (VideoReadError, OSError, ValueError) as err:
+            return Unreadable(index, v.path, err.reason if isinstance(err, VideoReadError) else str(err))
         return (self.transform(frames), torch.from_numpy(v.labels[p]), torch.from_numpy(v.valid[p]), index)

@@ -1,10 +1,13 @@
 """Datasets: list entries -> clips, robust to bad files and reproducible per sample.
 
-Robustness: a corrupt, missing or too-short video is logged once (per path and process), counted, and replaced by
-another sample chosen from (seed, epoch, index, attempt); after ``max_retries`` replacements in a row the error is
-raised (no silent recursion: docs/REFERENCE.md#defect-8). Counts live in shared memory, so they are right with loader
-workers; the loop reports them per epoch and stops when the bad fraction passes a threshold
-(:meth:`BadSampleCounter.check`).
+Robustness: a corrupt, missing or too-short video is logged once (per path and process) and counted. In training it
+is replaced by another sample chosen from (seed, epoch, index, attempt); after ``max_retries`` replacements in a row
+the error is raised (no silent recursion: docs/REFERENCE.md#defect-8). Counts live in shared memory, so they are
+right with loader workers; the loop reports them per epoch and stops when the bad fraction passes a threshold
+(:meth:`BadSampleCounter.check`). Evaluation never substitutes (``substitute=False``, the val / test modes): the
+item is an :class:`Unreadable` record instead, which :func:`collate_readable` takes out of the batch, so no
+prediction is ever made from another file under this sample's path and label (lgiformer.inference counts and reports
+them).
 
 Reproducibility: each item is drawn inside :func:`sample_rng`, which seeds Python's ``random``, numpy and torch from
 (seed, epoch, index) and restores them afterwards. A sample's window, augmentation and mask therefore do not depend
@@ -17,7 +20,8 @@ import copy
 import logging
 import multiprocessing
 import random
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -27,12 +31,37 @@ from lgiformer.data.lists import AUVideo, VideoSample, read_au_csv, read_video_l
 from lgiformer.data.readers import VideoReadError, open_video
 from lgiformer.data.sampling import center_indices, pretrain_indices, test_clip_indices, train_indices
 from lgiformer.data.transforms import build_transform
+from lgiformer.distributed import all_reduce_sum
+from lgiformer.errors import InputError
 
 log = logging.getLogger(__name__)
 
 
-class TooManyBadSamples(RuntimeError):
-    pass
+class TooManyBadSamples(InputError):
+    """More unreadable samples than ``data.bad_sample_threshold`` allows (or ``max_retries`` in a row)."""
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """An evaluation item that no reader could read: it is excluded, never replaced."""
+    index: int
+    path: str
+    reason: str
+    label: int = -1
+
+
+class ReadableBatch(NamedTuple):
+    """A batch without its unreadable items: ``batch`` (what ``default_collate`` makes of the readable items, None
+    when there are none) and ``unreadable`` (:class:`Unreadable` records)."""
+    batch: Any
+    unreadable: list
+
+
+def collate_readable(items: list) -> ReadableBatch:
+    """The collate function of evaluation loaders: :class:`Unreadable` items are kept apart from the batch."""
+    unreadable = [item for item in items if isinstance(item, Unreadable)]
+    readable = [item for item in items if not isinstance(item, Unreadable)]
+    return ReadableBatch(default_collate(readable) if readable else None, unreadable)
 
 
 class BadSampleCounter:
@@ -52,15 +81,15 @@ class BadSampleCounter:
         with self._total.get_lock():
             self._total.value += 1
 
-    def record(self, path: str = "", reason: str = "") -> None:
-        """One bad read (also counted in the total)."""
+    def record(self, path: str = "", reason: str = "", action: str = "replaced") -> None:
+        """One bad read (also counted in the total); ``action``: what became of it (replaced, excluded)."""
         with self._bad.get_lock():
             self._bad.value += 1
         with self._total.get_lock():
             self._total.value += 1
         if path not in self._logged:  # once per path and process
             self._logged.add(path)
-            log.warning("bad sample, replaced: %s (%s)", path, reason)
+            log.warning("bad sample, %s: %s (%s)", action, path, reason)
             self._add_example(f"{path}: {reason}"[:300])
 
     def _add_example(self, text: str) -> None:
@@ -101,12 +130,14 @@ class BadSampleCounter:
             "Check the data root and the list file, or remove the broken videos from the list.")
 
     def end_epoch(self, epoch: int, threshold: float = 0.01) -> dict:
-        """The epoch's counts, reported (a warning when any read failed), checked against ``threshold``, then
-        zeroed for the next epoch."""
-        counts = self.snapshot()
+        """The epoch's counts over every process (summed, so that all of them stop together or none), reported (a
+        warning when any read failed), checked against ``threshold``, then zeroed for the next epoch."""
+        local = self.snapshot()
         self.reset()
+        counts = dict(zip(("bad", "total"), all_reduce_sum([local["bad"], local["total"]])))
         if counts["bad"]:
-            log.warning("epoch %d: %d bad samples of %d read (replaced)", epoch, counts["bad"], counts["total"])
+            log.warning("epoch %d: %d bad samples of %d training reads, each replaced by another training sample "
+                        "(evaluation never replaces: it excludes and reports)", epoch, counts["bad"], counts["total"])
         self.check_counts(counts, threshold)
         return counts
 
@@ -141,7 +172,8 @@ def sample_rng(seed: int, epoch: int, index: int):
 
 
 class RobustVideoDataset(Dataset):
-    """Shared item logic: per-sample RNG, replacement of bad samples, the epoch.
+    """Shared item logic: per-sample RNG, replacement (``substitute``, training) or exclusion (evaluation) of bad
+    samples, the epoch.
 
     Subclasses keep their entries in the list named by ``_items_attr`` and implement ``load(index, rng)`` (the item
     without its index; raise :class:`VideoReadError` for unreadable data) and ``describe(index)``. The epoch is a
@@ -150,6 +182,7 @@ class RobustVideoDataset(Dataset):
 
     _items_attr = "samples"
     BAD_ERRORS = (VideoReadError, OSError, ValueError)
+    substitute = True   # False: a bad item is an Unreadable record (load it with collate_fn=collate_readable)
 
     def __init__(self, num_items: int, seed: int, max_retries: int) -> None:
         if max_retries < 0:
@@ -178,6 +211,9 @@ class RobustVideoDataset(Dataset):
     def describe(self, index: int) -> str:
         raise NotImplementedError
 
+    def label_of(self, index: int) -> int:
+        return -1
+
     def _num_items_for(self, entries: list) -> int:
         return len(entries)
 
@@ -200,8 +236,12 @@ class RobustVideoDataset(Dataset):
                 try:
                     item = self.load(current, rng)
                 except self.BAD_ERRORS as err:
-                    self.bad_samples.record(self.describe(current), str(err))
-                    errors.append(f"{self.describe(current)}: {err}")
+                    reason = err.reason if isinstance(err, VideoReadError) else str(err)
+                    if not self.substitute:
+                        self.bad_samples.record(self.describe(index), reason, "excluded")
+                        return Unreadable(index, self.describe(index), reason, self.label_of(index))
+                    self.bad_samples.record(self.describe(current), reason)
+                    errors.append(f"{self.describe(current)}: {reason}")
                     current = self.replacement(index, attempt + 1, current)
                     continue
             self.bad_samples.record_ok()
@@ -250,8 +290,9 @@ def frame_opts(frame_ext, frame_template) -> dict:
 class VideoPretrainDataset(RobustVideoDataset):
     """Unlabeled clips for masked pretraining: ``(clip [3, T, S, S] float, mask [N] bool, index)``; the mask is an
     empty bool tensor without ``mask_generator``. ``samples`` is a list of :class:`VideoSample` or a pretraining list
-    file (``path`` or ``path start total``; files are not checked at start-up unless ``check_files``: a missing or
-    broken one is replaced when read).
+    file (``path`` or ``path start total``; its files are not checked here unless ``check_files``: the pretraining
+    task checks them at start-up with :mod:`lgiformer.data.checks`, and one that breaks later is replaced when
+    read).
 
     ``repeat_aug = r > 1`` is repeated sampling (MAE-ST's ``repeat_aug``, VideoMAE V2's ``num_sample``): the window is
     decoded once and cut into ``r`` views, each with its own crop and mask, so an item is ``(clips [r, 3, T, S, S],
@@ -342,7 +383,8 @@ class ClipAULabels:
 class VideoClassificationDataset(RobustVideoDataset):
     """Labeled clips. train: a random window + augmentation; val: the centre window, centre crop (deterministic);
     items ``(clip [3, T, S, S], label, index)``. test: ``(views [V, 3, T, S, S], label, index)`` with
-    V = test_num_clips x test_num_crops (evenly spaced windows x distinct spatial crops, clip-major).
+    V = test_num_clips x test_num_crops (evenly spaced windows x distinct spatial crops, clip-major). In val and test
+    a clip that cannot be read is an :class:`Unreadable` item, never another clip (load with ``collate_readable``).
 
     With ``au_labels`` (:class:`ClipAULabels`) the items also carry the AUs of each window's centre frame (position
     ``num_frames // 2``, as in the AU task's clip mode), before the index: ``au [K], au_valid [K]``, and in test mode
@@ -379,10 +421,14 @@ class VideoClassificationDataset(RobustVideoDataset):
                 transform = build_transform(mode, img_size, short_side_size=short_side_size, **norm)
         self.transform = transform
         self.au_labels = au_labels
+        self.substitute = mode == "train"
 
     @property
     def labels(self) -> list[int]:
         return [s.label for s in self.samples]
+
+    def label_of(self, index: int) -> int:
+        return self.samples[index].label
 
     @property
     def num_views(self) -> int:

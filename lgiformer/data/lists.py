@@ -12,7 +12,9 @@ whitespace (the reference format is space-separated).
 Validation: every bad line is collected and reported in one :class:`ListFormatError` naming the file, the line
 number and the reason (wrong number of fields, non-integer or out-of-range label, missing file or folder, too few
 frames when the count is known from the list or cheap to get, i.e. for frame folders). Blank lines and lines
-starting with ``#`` are skipped. An empty list is an error.
+starting with ``#`` are skipped. An empty list is an error. The training tasks read their lists with
+``check_files=False`` and check every file in one pass instead (:mod:`lgiformer.data.checks`: exists, opens, holds
+enough frames, video files included).
 """
 from __future__ import annotations
 
@@ -25,13 +27,20 @@ from typing import Sequence
 import numpy as np
 
 from lgiformer.data.readers import FRAME_EXTENSIONS
+from lgiformer.errors import InputError
 
 INVALID_AU_CODES = (9, -1)
 
 
-class ListFormatError(ValueError):
+class ListFormatError(InputError):
+    """Every bad line of one list file, each as ``file:line: reason`` (the first 50, then a count); line 0 stands
+    for the file as a whole (missing, empty)."""
+
     def __init__(self, source: str | os.PathLike, problems: Sequence[tuple[int, str]], total: int | None = None):
         self.source, self.problems = str(source), list(problems)
+        if len(self.problems) == 1 and self.problems[0][0] == 0:
+            super().__init__(f"{self.source}: {self.problems[0][1]}")
+            return
         shown = "\n".join(f"  {self.source}:{line}: {reason}" for line, reason in self.problems[:50])
         more = f"\n  ... and {len(self.problems) - 50} more" if len(self.problems) > 50 else ""
         super().__init__(f"{len(self.problems)} bad line(s) in {self.source}"
@@ -82,7 +91,7 @@ def read_video_list(list_file: str | os.PathLike, data_root: str | os.PathLike |
     file's length is only known when the list gives it. Raises :class:`ListFormatError` listing every bad line."""
     list_file = Path(list_file)
     if not list_file.is_file():
-        raise FileNotFoundError(f"list file not found: {list_file}")
+        raise ListFormatError(list_file, [(0, "list file not found")])
     samples, problems = [], []
     lines = list_file.read_text().splitlines()
     for number, raw in enumerate(lines, start=1):
@@ -149,7 +158,7 @@ def read_au_csv(csv_file: str | os.PathLike, data_root: str | os.PathLike | None
     ``au_names`` selects and orders columns. Returns ``(videos, au_names)``; raises :class:`ListFormatError`."""
     csv_file = Path(csv_file)
     if not csv_file.is_file():
-        raise FileNotFoundError(f"AU list not found: {csv_file}")
+        raise ListFormatError(csv_file, [(0, "AU list not found")])
     problems: list[tuple[int, str]] = []
     rows: dict[str, list] = {}
     with open(csv_file, newline="") as f:

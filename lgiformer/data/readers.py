@@ -2,8 +2,10 @@
 
 ``open_video(path)`` picks the reader: a directory is a frame folder (jpg/png, sorted naturally so ``10.jpg``
 follows ``9.jpg``), a file goes to decord and falls back to PyAV when decord is not installed or fails on it.
-Every reader returns frames as uint8 ``[T, H, W, 3]`` RGB, in the order of the requested indices (repeats allowed).
-Unreadable input raises :class:`VideoReadError` (the datasets count it and replace the sample).
+Every reader returns frames as uint8 ``[T, H, W, 3]`` RGB, in the order of the requested indices (repeats allowed):
+greyscale and palette frames are converted to RGB (the grey value in all three channels); 16-bit frames are refused,
+since converting them would clip them. Unreadable input raises :class:`VideoReadError` naming the file and what every
+reader said (training replaces the sample, evaluation excludes it: lgiformer.data.datasets).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ log = logging.getLogger(__name__)
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 BACKENDS = ("auto", "decord", "pyav", "frames")
+WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # PIL modes that convert("RGB") would clip to 8 bits
 _warned: set[str] = set()
 
 
@@ -45,6 +48,12 @@ def list_frames(folder: str | os.PathLike, frame_ext: str | Sequence[str] | None
     folder, exts = Path(folder), _extensions(frame_ext)
     files = [p for p in folder.iterdir() if p.suffix.lower() in exts]
     return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def check_frame_mode(path: str | os.PathLike, mode: str) -> None:
+    """Refuse frames that cannot become uint8 RGB without losing values (16-bit, float)."""
+    if mode in WIDE_MODES:
+        raise VideoReadError(path, f"{mode} frames (16-bit or float) are not supported: save them as 8-bit")
 
 
 def template_frames(folder: str | os.PathLike, template: str, first: int = 1) -> list[Path]:
@@ -87,6 +96,7 @@ class FrameFolderReader:
             if i not in cache:
                 try:
                     with Image.open(self.files[i]) as img:
+                        check_frame_mode(self.files[i], img.mode)
                         cache[i] = np.asarray(img.convert("RGB"))
                 except (OSError, IndexError) as err:
                     raise VideoReadError(self.files[i] if i < len(self.files) else self.path,
@@ -123,6 +133,11 @@ class DecordReader:
             return PyAVReader(self.path).get(indices)
 
 
+def av_reason(err: Exception) -> str:
+    """FFmpeg's message without the file name PyAV appends (the error names the file already)."""
+    return str(getattr(err, "strerror", None) or err)
+
+
 class PyAVReader:
     """Sequential decoding up to the last requested frame (seeking is unreliable across codecs)."""
 
@@ -137,7 +152,7 @@ class PyAVReader:
                 if self._count <= 0:
                     self._count = sum(1 for _ in container.decode(video=0))
         except Exception as err:
-            raise VideoReadError(path, f"PyAV cannot open it ({err})") from None
+            raise VideoReadError(path, f"PyAV cannot open it ({av_reason(err)})") from None
 
     def __len__(self) -> int:
         return self._count
@@ -156,11 +171,14 @@ class PyAVReader:
                     if i >= last:
                         break
         except Exception as err:
-            raise VideoReadError(self.path, f"PyAV cannot decode it ({err})") from None
+            raise VideoReadError(self.path, f"PyAV cannot decode it ({av_reason(err)})") from None
         missing = sorted(i for i in wanted if i not in got)
         if missing:
             if decoded == 0 or min(missing) < decoded:
                 raise VideoReadError(self.path, f"frames {missing[:5]} not in the video ({len(got)} decoded)")
+            if self._count - decoded > max(2, self._count // 20):  # more than metadata slack: a cut-off file
+                raise VideoReadError(self.path, f"only {decoded} of the {self._count} frames its container announces "
+                                                "could be decoded (truncated?)")
             # the container announced more frames than it holds (common off-by-a-few metadata): pad with the last
             if "pad:" + self.path not in _warned:
                 _warned.add("pad:" + self.path)
@@ -190,6 +208,8 @@ def open_video(path: str | os.PathLike, backend: str = "auto", *, frame_ext: str
     if not path.is_file():
         raise VideoReadError(path, "is a folder: read it with backend 'frames' or 'auto'" if path.is_dir()
                              else "no such file")
+    if path.stat().st_size == 0:
+        raise VideoReadError(path, "empty file (0 bytes)")
     if backend == "pyav":
         return PyAVReader(path)
     try:
@@ -200,13 +220,19 @@ def open_video(path: str | os.PathLike, backend: str = "auto", *, frame_ext: str
             log.warning("decord is not installed: reading videos with PyAV (slower)")
         if backend == "decord":
             raise
+        return PyAVReader(path)
     except VideoReadError as err:
         if backend == "decord":
             raise
-        if str(path) not in _warned:
-            _warned.add(str(path))
-            log.warning("%s; trying PyAV", err)
-    return PyAVReader(path)
+        decord_error = err
+    try:
+        reader = PyAVReader(path)
+    except VideoReadError as err:  # every reader failed: say what each one said
+        raise VideoReadError(path, f"{decord_error.reason}; {err.reason}") from None
+    if str(path) not in _warned:
+        _warned.add(str(path))
+        log.warning("%s; read with PyAV instead", decord_error)
+    return reader
 
 
 def read_frames(path: str | os.PathLike, indices: Sequence[int], backend: str = "auto", **kwargs) -> np.ndarray:

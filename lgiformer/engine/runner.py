@@ -186,9 +186,10 @@ def fit(training: Training, run: RunConfig, optim: OptimConfig, loader, task: Ta
                             state.batch_in_epoch)
                 raise SystemExit(PREEMPTED_EXIT_CODE)
             record = dict(epoch=state.epoch, step=state.step, **{f"train_{k}": v for k, v in stats.items()})
+            # training replaces an unreadable sample by another one (evaluation never does): count and say so
             bad = task.train_set.bad_samples.end_epoch(state.epoch, task.cfg.data.bad_sample_threshold)
-            record["bad_samples"] = bad["bad"]
-            logger.scalars({"bad_samples": bad["bad"]}, state.step, prefix="data/")
+            record["bad_samples_replaced"] = bad["bad"]
+            logger.scalars({"bad_samples_replaced": bad["bad"]}, state.step, prefix="data/")
             record.update(task.end_of_epoch(state.epoch))
             metrics = task.validate(training.model, state.epoch, training)
             if metrics is not None:

@@ -112,8 +112,10 @@ class AUTask(FinetuneTask):
         train_list, test_list = self.fold_lists()
         # Lists hold binary labels (9 = not annotated); DISFA intensities are binarised at >= 2 by data_lists
         # (docs/AU_METHODS.md#disfa-threshold).
-        videos, self.au_names = read_au_csv(train_list, data_root, au_names=self.spec.au_names or None)
-        test_videos, _ = read_au_csv(test_list, data_root, au_names=self.au_names)
+        videos, self.au_names = read_au_csv(train_list, data_root, au_names=self.spec.au_names or None,
+                                            check_files=False)
+        test_videos, _ = read_au_csv(test_list, data_root, au_names=self.au_names, check_files=False)
+        self.check_inputs(videos + test_videos, self.clip_frames())
         train_videos, val_videos = split_validation(videos, d.val_fraction, seed=cfg.run.seed, by="subject")
         if cfg.eval.select == "best_val" and not val_videos:
             raise ConfigError("eval.select best_val needs validation subjects: the training list has too few subjects "
@@ -166,22 +168,25 @@ class AUTask(FinetuneTask):
             parts["acc"] = (hit * vf).sum() / vf.sum().clamp_min(1)
         return parts
 
-    def _evaluate(self, model: nn.Module, dataset: AUFrameWindows, precision: str) -> tuple[dict, dict]:
+    def _evaluate(self, model: nn.Module, dataset: AUFrameWindows, precision: str, split: str) -> tuple[dict, dict]:
+        """Frame-wise evaluation; a video that cannot be read is excluded and reported, never replaced."""
         a = self.cfg.au
         return evaluate_au(model, dataset, self.au_names, threshold=a.threshold, smooth_window=a.smooth_window,
                            batch_size=self.cfg.run.batch_size, device=self.env.device, amp_dtype=amp_dtype(precision),
-                           num_workers=self.cfg.data.num_workers, dense=a.dense, tubelet=self.tubelet)
+                           num_workers=self.cfg.data.num_workers, dense=a.dense, tubelet=self.tubelet,
+                           bad_sample_threshold=self.cfg.data.bad_sample_threshold, split=split)
 
     def validate(self, model: nn.Module, epoch: int, training: Any) -> dict[str, Any] | None:
         if self.val_set is None or not self.validation_due(epoch):
             return None
-        metrics, _ = self._evaluate(model, self.val_set, training.precision)
+        metrics, _ = self._evaluate(model, self.val_set, training.precision, f"validation (epoch {epoch})")
         self.last_validation = dict(metrics, epoch=epoch)
-        return dict(mean_f1=metrics["mean_f1"], frame_f1=metrics["frame"]["mean_f1"], details=metrics)
+        return dict(mean_f1=metrics["mean_f1"], frame_f1=metrics["frame"]["mean_f1"], excluded=metrics["excluded"],
+                    details=metrics)
 
     def finish(self, model: nn.Module, selection: dict[str, Any], training: Any,
                validation: dict[str, Any] | None = None) -> dict[str, Any]:
-        metrics, arrays = self._evaluate(model, self.test_set, training.precision)
+        metrics, arrays = self._evaluate(model, self.test_set, training.precision, "test")
         metrics.update(selection=selection, dataset=self.spec.name, fold=self.cfg.data.fold, head=self.cfg.au.head,
                        loss=self.loss_name, train_rates=dict(zip(self.au_names, self.rates.tolist())))
         self.test_metrics = metrics
@@ -194,8 +199,9 @@ class AUTask(FinetuneTask):
                       *au_frame_rows(self.test_set, self.au_names, arrays, self.cfg.au.threshold))
             self.logger.scalars({"mean_f1": metrics["mean_f1"], "frame_f1": metrics["frame"]["mean_f1"]},
                                 training.engine.global_steps, prefix="test/")
-            log.info("test (%s, epoch %d, %d frames of %d videos): mean F1 %.2f (%s)  frame-wise %.2f  centre clip %s"
+            log.info("test (%s, epoch %d, %d frames of %d videos%s): mean F1 %.2f (%s)  frame-wise %.2f  centre clip %s"
                      "  |  %s", selection["select"], selection["epoch"], metrics["num_frames"], metrics["num_videos"],
+                     f"; {metrics['excluded']} unreadable videos excluded" if metrics["excluded"] else "",
                      100 * metrics["mean_f1"], metrics["protocol"], 100 * metrics["frame"]["mean_f1"],
                      f"{100 * metrics['centre_clip']['mean_f1']:.2f}" if "centre_clip" in metrics else "-",
                      " ".join(f"{n} {100 * f:.1f}" for n, f in metrics["per_au"].items()))

@@ -8,13 +8,15 @@ selection and writing the release. See docs/ARCHITECTURE.md for how a batch flow
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from lgiformer.distributed import DistEnv
+from lgiformer.data import check_inputs
+from lgiformer.distributed import DistEnv, broadcast_object
+from lgiformer.errors import InputError
 from lgiformer.optim import param_groups
 
 
@@ -36,6 +38,28 @@ class Task:
     def __init__(self, cfg: Any, env: DistEnv, data_root: Path, logger: Any) -> None:
         self.cfg, self.env, self.data_root, self.logger = cfg, env, Path(data_root), logger
         self.output_dir = Path(cfg.run.output_dir)
+
+    def check_inputs(self, items: Sequence, num_frames: int, **read_opts: Any) -> int:
+        """The start-up check of every listed input (:func:`lgiformer.data.check_inputs`: exists, opens, holds
+        ``data.min_frames`` frames, by default ``num_frames``), before any model is built. Rank 0 checks, the other
+        processes wait for its verdict, and all of them stop with its message when something is wrong. Returns the
+        minimum frame count, for the datasets' own check when they read."""
+        d = self.cfg.data
+        min_frames = d.min_frames or num_frames
+        error: Exception | None = None
+        if self.env.is_main:
+            try:
+                check_inputs(items, min_frames=min_frames, backend=d.backend, cache_dir=self.output_dir / "input_cache",
+                             progress=self.cfg.run.progress, **read_opts)
+            except Exception as err:  # every process must hear of it, or the others wait for rank 0 forever
+                error = err
+        verdict = broadcast_object(None if error is None else (isinstance(error, InputError), str(error)))
+        if error is not None:
+            raise error
+        if verdict is not None:
+            bad_input, message = verdict
+            raise InputError(message) if bad_input else RuntimeError(f"rank 0 failed checking the inputs: {message}")
+        return min_frames
 
     @property
     def videos_per_batch(self) -> int:

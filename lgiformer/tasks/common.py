@@ -159,6 +159,12 @@ class FinetuneTask(Task):
         test = Path(d.test_list) if d.test_list else spec.list_file("test", fold, lists_dir)
         return train, test
 
+    def clip_frames(self) -> int:
+        """Frames per clip of the model this task will build (a release start point fixes it), known before it is
+        built, for the start-up check of the inputs."""
+        release = release_model_args(self.cfg.model.pretrained or None)
+        return int(release.get("model_args", {}).get("num_frames", self.cfg.model.num_frames))
+
     def build_model(self, num_classes: int, **head: Any) -> nn.Module:
         """The encoder (with ``num_classes`` and ``head``) from the configured start point; writes the report."""
         m = self.cfg.model

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lgiformer.data import VideoClassificationDataset, VideoMixup, build_loader, read_video_list, split_validation
+from lgiformer.data import (VideoClassificationDataset, VideoMixup, build_loader, collate_readable, read_video_list,
+                            split_validation)
 from lgiformer.distributed import DistEnv
 from lgiformer.inference import EvalResult, amp_dtype, evaluate, save_report
 from lgiformer.tasks.common import FinetuneTask
@@ -65,14 +66,17 @@ class DFERTask(FinetuneTask):
         self.class_names = (list(self.spec.classes) if len(self.spec.classes) == self.num_classes
                             else [str(i) for i in range(self.num_classes)])
         train_list, test_list = self.fold_lists()
+        samples = read_video_list(train_list, data_root, labeled=True, num_classes=self.num_classes, check_files=False)
+        self.test_samples = read_video_list(test_list, data_root, labeled=True, num_classes=self.num_classes,
+                                            check_files=False)
+        min_frames = self.check_inputs(samples + self.test_samples, self.clip_frames(), frame_ext=self.spec.frame_ext)
+        self.train_samples, val_samples = split_validation(samples, d.val_fraction, seed=cfg.run.seed)
         self.model = self.build_model(self.num_classes, **m.head_kwargs())
         args = self.model.model_args
         self.frames, self.size = args["num_frames"], args["img_size"]
-        samples = read_video_list(train_list, data_root, labeled=True, num_classes=self.num_classes)
-        self.train_samples, val_samples = split_validation(samples, d.val_fraction, seed=cfg.run.seed)
-        self.test_samples = read_video_list(test_list, data_root, labeled=True, num_classes=self.num_classes)
         self.common = dict(num_frames=self.frames, sampling_rate=self.stride, img_size=self.size, seed=cfg.run.seed,
-                           backend=d.backend, num_classes=self.num_classes, frame_ext=self.spec.frame_ext)
+                           backend=d.backend, num_classes=self.num_classes, frame_ext=self.spec.frame_ext,
+                           min_frames=min_frames)
         self.attach_au()
         self.train_set = VideoClassificationDataset(self.train_samples, mode="train", auto_augment=d.auto_augment or None,
                                                     reprob=d.reprob, crop_scale=d.crop_scale, **self.common)
@@ -97,11 +101,16 @@ class DFERTask(FinetuneTask):
         return expression_loss(model, batch, self.mixup, self.cfg.data.smoothing)
 
     # ---- evaluation ---------------------------------------------------------------------------------------------
-    def run_eval(self, model: nn.Module, dataset: VideoClassificationDataset, precision: str) -> EvalResult:
+    def run_eval(self, model: nn.Module, dataset: VideoClassificationDataset, precision: str, split: str
+                 ) -> EvalResult:
+        """Evaluate on ``dataset``: unreadable clips are excluded and reported, never replaced; more than
+        ``data.bad_sample_threshold`` of them stops the run."""
         loader = build_loader(dataset, self.cfg.run.batch_size, shuffle=False, drop_last=False,
-                              num_workers=self.cfg.data.num_workers, seed=self.cfg.run.seed)
+                              num_workers=self.cfg.data.num_workers, seed=self.cfg.run.seed,
+                              collate_fn=collate_readable)
         return evaluate(model, loader, self.num_classes, self.class_names, self.env.device, amp_dtype(precision),
-                        self.cfg.eval.max_views_per_call, **self.au_eval_args())
+                        self.cfg.eval.max_views_per_call, **self.au_eval_args(),
+                        bad_sample_threshold=self.cfg.data.bad_sample_threshold, split=split)
 
     def au_eval_args(self) -> dict[str, Any]:
         return {}
@@ -109,15 +118,15 @@ class DFERTask(FinetuneTask):
     def validate(self, model: nn.Module, epoch: int, training: Any) -> dict[str, Any] | None:
         if self.val_set is None or not self.validation_due(epoch):
             return None
-        metrics = self.run_eval(model, self.val_set, training.precision).metrics
-        scalars = {"uar": metrics["uar"], "war": metrics["war"]}
+        metrics = self.run_eval(model, self.val_set, training.precision, f"validation (epoch {epoch})").metrics
+        scalars = {"uar": metrics["uar"], "war": metrics["war"], "excluded": metrics["excluded"]}
         if "au" in metrics:
             scalars["au_mean_f1"] = metrics["au"]["mean_f1"]
         return scalars
 
     def finish(self, model: nn.Module, selection: dict[str, Any], training: Any,
                validation: dict[str, Any] | None = None) -> dict[str, Any]:
-        result = self.run_eval(model, self.test_set, training.precision)
+        result = self.run_eval(model, self.test_set, training.precision, "test")
         self.test_metrics = result.metrics
         report: dict[str, Any] = {}
         if self.env.is_main:
@@ -125,9 +134,11 @@ class DFERTask(FinetuneTask):
                                  [s.path for s in self.test_samples], writer=self.logger.writer,
                                  step=training.engine.global_steps, extra=selection)
             d = self.cfg.data
-            log.info("test (%s, epoch %d, %d clips x %d crops): UAR %.2f  WAR %.2f  weighted F1 %.2f",
+            log.info("test (%s, epoch %d, %d clips x %d crops): UAR %.2f  WAR %.2f  weighted F1 %.2f  (%d clips%s)",
                      selection["select"], selection["epoch"], d.test_num_clips, d.test_num_crops,
-                     100 * result.metrics["uar"], 100 * result.metrics["war"], 100 * result.metrics["weighted_f1"])
+                     100 * result.metrics["uar"], 100 * result.metrics["war"], 100 * result.metrics["weighted_f1"],
+                     result.metrics["evaluated"],
+                     f"; {result.metrics['excluded']} unreadable, excluded" if result.metrics["excluded"] else "")
             if "au" in result.metrics:
                 au = result.metrics["au"]
                 log.info("test AUs (auxiliary head, %d views): mean F1 %.2f  |  %s", au["num_views"],

@@ -16,7 +16,7 @@ from torch import nn
 
 from lgiformer.config import (REFERENCE_ALIASES, ConfigError, DataConfig, EncoderConfig, OptimConfig, RunConfig,
                               load_config, to_dict)
-from lgiformer.data import VideoPretrainDataset, collate_repeated, get_dataset_spec
+from lgiformer.data import VideoPretrainDataset, collate_repeated, get_dataset_spec, read_video_list
 from lgiformer.distributed import DistEnv
 from lgiformer.masking import MASK_TYPES
 from lgiformer.models import build_pretrain_model, describe_model
@@ -100,6 +100,9 @@ class PretrainTask(Task):
     def __init__(self, cfg: PretrainConfig, env: DistEnv, data_root: Path, logger: Any) -> None:
         super().__init__(cfg, env, data_root, logger)
         m, d = cfg.model, cfg.data
+        list_file = pretrain_list(d, data_root)
+        samples = read_video_list(list_file, data_root, labeled=False, check_files=False)
+        min_frames = self.check_inputs(samples, m.num_frames)
         self.model = build_pretrain_model(m.name, decoder_embed_dim=m.decoder_embed_dim,
                                           decoder_depth=m.decoder_depth, decoder_num_heads=m.decoder_num_heads,
                                           mask_type=m.mask_type, mask_ratio=m.mask_ratio, targets=m.targets,
@@ -107,11 +110,10 @@ class PretrainTask(Task):
         log.info("model %s + decoder %dx%d: %s; %d visible of %d tokens per clip", m.name, m.decoder_depth,
                  m.decoder_embed_dim, describe_model(self.model), self.model.masker.num_visible,
                  self.model.layout.num_tokens)
-        list_file = pretrain_list(d, data_root)
-        self.train_set = VideoPretrainDataset(str(list_file), str(data_root), num_frames=m.num_frames,
-                                              stride=d.sampling_rate, input_size=m.img_size,
-                                              mask_generator=self.model.masker, seed=cfg.run.seed,
-                                              backend=d.backend, repeat_aug=d.repeat_aug)
+        self.train_set = VideoPretrainDataset(samples, num_frames=m.num_frames, stride=d.sampling_rate,
+                                              input_size=m.img_size, mask_generator=self.model.masker,
+                                              seed=cfg.run.seed, backend=d.backend, repeat_aug=d.repeat_aug,
+                                              min_frames=min_frames)
         self.collate_fn = collate_repeated if d.repeat_aug > 1 else None
         log.info("data: %d videos from %s (root %s)%s", len(self.train_set), list_file, data_root,
                  f"; {d.repeat_aug} views of each per epoch (repeated sampling)" if d.repeat_aug > 1 else "")
