@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lgiformer.data import TooManyBadSamples, VideoReadError
+from lgiformer.data import TooManyBadSamples, Unreadable, VideoReadError
 from lgiformer.data.faces import write_crops
 from lgiformer.data.synthetic import Identity, render_clip
 from lgiformer.models.release import read_release_config
@@ -69,8 +69,10 @@ def check_views(release: str | os.PathLike, info: dict, clip: str | None, work_d
     if clip is None:
         needed = args.get("num_frames", 16) * data.get("sampling_rate", 4)
         clip = str(synthetic_clip(work_dir, needed))
-    dataset = build_views_dataset([clip], data, args, None, None, work_dir)
-    return dataset[0][0]
+    item = build_views_dataset([clip], data, args, None, None)[0]
+    if isinstance(item, Unreadable):
+        raise VideoReadError(clip, item.reason)
+    return item[0]
 
 
 @contextlib.contextmanager

@@ -95,7 +95,7 @@ def test_bad_input_is_one_clear_line(releases, tmp_path, capsys):
     cases = [([releases["encoder"]], "encoder without a classifier head"),
              ([tmp_path / "missing"], "missing has no config.json: not a release"),
              ([releases["lgiformer"], "--clip", tmp_path / "nope.mp4"], "nope.mp4: no such file or folder"),
-             ([releases["lgiformer"], "--clip", text], "notes.mp4: PyAV cannot open it")]
+             ([releases["lgiformer"], "--clip", text], "PyAV cannot open it")]
     for args, expected in cases:
         assert main(["--model", *map(str, args), "--out", str(tmp_path / "x.onnx")]) == 2
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
@@ -113,8 +113,7 @@ def test_sidecar_is_enough_to_preprocess_like_predict(releases, tmp_path, media)
     meta = export(releases["lgiformer"], "onnx", tmp_path / "m.onnx")
     folder = media.folder(tmp_path / "clip", media.frames(t=24, size=48), ext="png")
     info = read_release_info(releases["lgiformer"])
-    views = build_views_dataset([str(folder)], info["data"], info["config"]["model_args"], None, None,
-                                str(tmp_path))[0][0]
+    views = build_views_dataset([str(folder)], info["data"], info["config"]["model_args"], None, None)[0][0]
     assert len(views) == meta["sampling"]["test_num_clips"] * meta["sampling"]["test_num_crops"]
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     probs = torch.from_numpy(session.run(["logits"], {"clips": views.numpy()})[0]).softmax(-1).mean(0)
