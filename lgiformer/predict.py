@@ -15,7 +15,8 @@ could run (a bad release folder or bad options).
 The models are trained on face crops. ``--crop-faces`` takes footage that is not face-cropped: every frame's face is
 detected, tracked and cropped first (:mod:`lgiformer.data.faces`, the same crops as ``python -m data_lists
 crop-faces``), and each result gets a ``face`` entry (frames, frames with a detection); an input in which no face is
-found is an error line like any unreadable input.
+found is an error line like any unreadable input. ``--explain DIR`` writes, for each input, where the model looked for
+its predicted class (:mod:`lgiformer.explain`: the label-token head's attention, else a gradient map) over the frames.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import torch
 
 from lgiformer.data import VideoClassificationDataset, VideoReadError, VideoSample, collate_readable
 from lgiformer.data.faces import FaceCropSettings, HaarFaceDetector, crop_to
+from lgiformer.explain import explain_clip
 from lgiformer.inference import predict as predict_loader
 from lgiformer.models.release import load_release, read_release_config
 
@@ -44,7 +46,8 @@ def read_release_info(release: str | os.PathLike) -> dict:
     if not config.get("class_names"):
         raise ValueError(f"{release} holds an encoder without a classifier head (task {config['task']}): finetune it "
                          "first (finetune/run.py) and predict with the finetuned release")
-    return dict(config=config, class_names=list(config["class_names"]), data=dict(config.get("data", {})))
+    return dict(config=config, class_names=list(config["class_names"]), data=dict(config.get("data", {})),
+                mean=config["input"]["mean"], std=config["input"]["std"])
 
 
 def load_model(release: str | os.PathLike, device: str = "cpu") -> torch.nn.Module:
@@ -92,10 +95,11 @@ def crop_inputs(inputs: Sequence[str], out_dir: str | os.PathLike, settings: Fac
 
 def run(release: str, inputs: Sequence[str], clips: int | None = None, crops: int | None = None,
         device: str = "cpu", batch_size: int = 1, crop_faces: bool | FaceCropSettings = False,
-        progress: bool = False) -> dict:
+        progress: bool = False, explain: str | os.PathLike | None = None) -> dict:
     """A result per input, in order: ``prediction`` and ``probabilities``, or ``error`` for an input that could not
     be read (never replaced by another input). ``crop_faces`` (True or a ``FaceCropSettings``) crops the faces
-    first."""
+    first; ``explain`` (a folder) writes where the model looked for the predicted class, one PNG per input
+    (:mod:`lgiformer.explain`, on the first test view)."""
     info = read_release_info(release)
     model = load_model(release, device)
     faces = None
@@ -107,20 +111,25 @@ def run(release: str, inputs: Sequence[str], clips: int | None = None, crops: in
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
                                              collate_fn=collate_readable)
         result = predict_loader(model, loader, device)
-    errors = {e["index"]: e["reason"] for e in result.excluded}
-    errors.update({i: f["error"] for i, f in enumerate(faces or []) if "error" in f})
-    probs_of = {int(i): probs.tolist() for i, probs in zip(result.indices, result.probs)}
-    names = info["class_names"]
-    results = []
-    for i, item in enumerate(inputs):
-        if i in errors:
-            results.append(dict(input=str(item), error=errors[i]))
-            continue
-        ranked = sorted(zip(names, probs_of[i]), key=lambda t: -t[1])
-        results.append(dict(input=str(item), prediction=ranked[0][0],
-                            probabilities={n: round(float(p), 6) for n, p in zip(names, probs_of[i])}))
-        if faces is not None:
-            results[-1]["face"] = faces[i]
+        errors = {e["index"]: e["reason"] for e in result.excluded}
+        errors.update({i: f["error"] for i, f in enumerate(faces or []) if "error" in f})
+        probs_of = {int(i): probs.tolist() for i, probs in zip(result.indices, result.probs)}
+        names = info["class_names"]
+        results = []
+        for i, item in enumerate(inputs):
+            if i in errors:
+                results.append(dict(input=str(item), error=errors[i]))
+                continue
+            ranked = sorted(zip(names, probs_of[i]), key=lambda t: -t[1])
+            results.append(dict(input=str(item), prediction=ranked[0][0],
+                                probabilities={n: round(float(p), 6) for n, p in zip(names, probs_of[i])}))
+            if faces is not None:
+                results[-1]["face"] = faces[i]
+            if explain:
+                first_view = dataset[i][0][0].to(device)
+                results[-1]["explain"] = explain_clip(
+                    model, first_view, Path(explain) / f"{i:03d}_{Path(item).stem}.png", info["mean"], info["std"],
+                    class_index=names.index(ranked[0][0]))
     return dict(model=str(release), model_name=getattr(model, "model_name", ""), classes=names,
                 views=int(getattr(dataset, "num_views", 0) or 0) or None, results=results)
 
@@ -148,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--crop-faces", action="store_true",
                         help="inputs are not face-cropped: detect, track and crop the face in every frame first")
+    parser.add_argument("--explain", metavar="DIR",
+                        help="write a heat map of where the model looked (predicted class) over each input, as PNG")
     parser.add_argument("--face-margin", type=float, default=None,
                         help="with --crop-faces: margin on each side, fraction of the detected box (default 0.25, "
                              "as python -m data_lists crop-faces)")
@@ -159,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if crop_faces and args.face_margin is not None:
             crop_faces = FaceCropSettings(margin=args.face_margin)
         output = run(args.model, args.inputs, args.clips, args.crops, args.device, crop_faces=crop_faces,
-                     progress=crop_faces and sys.stderr.isatty())
+                     progress=crop_faces and sys.stderr.isatty(), explain=args.explain)
     except (FileNotFoundError, ValueError, ImportError) as err:
         print("error: " + " ".join(str(err).split()), file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ LAYERS = [
     ["heads"],
     ["models"],
     ["data"],
-    ["config", "interop", "inference"],
+    ["config", "interop", "inference", "explain"],
     ["tasks"],
     ["engine"],
     ["release", "convert", "predict", "evaluate", "extract", "export", "visualize", "__init__"],
