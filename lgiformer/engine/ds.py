@@ -6,7 +6,9 @@ autocast opened outside it); DeepSpeed's own bf16 mode would keep bf16 weights w
 DeepSpeed's fp16 mode with dynamic loss scaling (overflow steps are skipped and counted by the loop).
 
 The optimiser is a plain ``torch.optim.AdamW`` (a DeepSpeed ``"optimizer"`` entry would JIT-build FusedAdam, about
-50 s on CPU); schedules are set per step by the loop, so no DeepSpeed scheduler either.
+50 s on CPU); schedules are set per step by the loop, so no DeepSpeed scheduler either. On GPUs it is torch's fused
+implementation (one multi-tensor kernel per parameter group and step instead of about ten foreach passes); on CPU it keeps
+torch's default, so CPU runs and tests compute exactly what they did before.
 """
 from __future__ import annotations
 
@@ -49,6 +51,12 @@ def autocast(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
+def use_fused_adamw(param_groups: Sequence[dict]) -> bool:
+    """Fused AdamW when every parameter is a floating-point CUDA tensor (torch's condition for ``fused=True``)."""
+    params = [p for group in param_groups for p in group["params"]]
+    return bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
+
+
 def deepspeed_config(micro_batch: int, accum_steps: int, world_size: int, precision: str, zero_stage: int,
                      clip_grad: float | None) -> dict:
     if zero_stage not in (0, 1, 2, 3):
@@ -80,7 +88,8 @@ def initialize(model: nn.Module, param_groups: Sequence[dict], *, lr: float, bet
     ``engine.backward(loss)``, ``engine.step()``."""
     import deepspeed
 
-    optimizer = torch.optim.AdamW(param_groups, lr=lr, betas=tuple(betas), eps=eps)
+    optimizer = torch.optim.AdamW(param_groups, lr=lr, betas=tuple(betas), eps=eps,
+                                  fused=True if use_fused_adamw(param_groups) else None)
     config = deepspeed_config(micro_batch, accum_steps, world_size, precision, zero_stage, clip_grad)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config,
                                            dist_init_required=False)

@@ -20,6 +20,7 @@ from lgiformer.config import OptimConfig, RunConfig, save_config, to_dict
 from lgiformer.engine import ds
 from lgiformer.engine.checkpoint import (complete_checkpoints, find_checkpoint, load_checkpoint, read_client_state,
                                          save_checkpoint)
+from lgiformer.engine.compile import compile_engine
 from lgiformer.engine.distributed import DistEnv, init_distributed
 from lgiformer.engine.logger import RunLogger
 from lgiformer.engine.loop import LoopState, Preemption, train_one_epoch
@@ -102,8 +103,7 @@ def build_training(model: nn.Module, param_groups: list[dict], run: RunConfig, o
                                       micro_batch=run.batch_size, accum_steps=optim.accum_steps,
                                       world_size=env.world_size, precision=precision, zero_stage=run.zero_stage,
                                       clip_grad=optim.clip_grad)
-    if run.compile:
-        engine.compile()
+    compile_engine(engine, run.compile, env.device)  # run.compile auto: on for CUDA (lgiformer/engine/compile.py)
     steps_per_epoch = batches_per_epoch // optim.accum_steps
     total = optim.epochs * steps_per_epoch
     lr_values = cosine_schedule(lr, min_lr, total, int(round(optim.warmup_epochs * steps_per_epoch)), warmup_lr)

@@ -18,13 +18,13 @@ import inspect
 from typing import Sequence
 
 import torch
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, trunc_normal_
 from timm.models import register_model
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lgiformer.au.heads import LabelTokenHead, head_no_weight_decay
-from lgiformer.layers import Attention, PatchEmbed3d
+from lgiformer.layers import Attention, PatchEmbed3d, make_mlp
 from lgiformer.tokens import TokenLayout, sinusoid_table
 
 
@@ -42,9 +42,7 @@ class LGIBlock(nn.Module):
         self.third_attn = Attention(dim, **attn)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
-        if drop == 0:  # a zero-rate Dropout is still one operator per call in training
-            self.mlp.drop1 = self.mlp.drop2 = nn.Identity()
+        self.mlp = make_mlp(dim, mlp_ratio, drop)
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         """s: [B, R, 1 + M, C], the representative token at index 0 of every region."""

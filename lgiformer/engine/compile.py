@@ -1,0 +1,144 @@
+"""``torch.compile`` for training runs: whether to compile, in which mode, where the compiled code is cached, and how
+long compiling took. The engine calls one function, :func:`compile_engine`, right after ``deepspeed.initialize``.
+
+* ``run.compile``: ``auto`` (the default) compiles on CUDA and not on CPU (where compiling costs about 90 s per block
+  shape and gains nothing measurable: docs/PERFORMANCE.md); ``true`` / ``false`` force it.
+* Mode: pretraining has static shapes (every mask type keeps the same number of visible tokens per clip, and an
+  LGI-Former needs region-balanced masks), so on CUDA it runs ``mode="reduce-overhead"``: inductor's kernels replayed
+  as CUDA graphs, which removes the per-kernel launch cost that dominates the LGI-Former's many small kernels. Other
+  runs use inductor's default mode (fusion, no CUDA graphs). ``LGIFORMER_COMPILE_MODE`` overrides the choice
+  (``default``, ``reduce-overhead``, ``max-autotune``, ``max-autotune-no-cudagraphs``).
+* Cache: inductor's FX-graph and AOTAutograd caches are on by default, but live in ``/tmp/torchinductor_$USER``,
+  which cluster nodes wipe, so a requeued job compiled from scratch. Unless ``TORCHINDUCTOR_CACHE_DIR`` is already
+  set, it is set to ``$LGIFORMER_COMPILE_CACHE`` (default ``~/.cache/lgiformer/torch_compile``) / one folder per
+  torch + CUDA version, so restarts and later runs in the same software environment reuse the compiled kernels.
+* Compile time: compiling happens during the first training step; the time torch spent compiling (and the cache
+  hits) is logged when the second step starts, and kept in :class:`CompileInfo`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@dataclasses.dataclass
+class CompileInfo:
+    enabled: bool
+    mode: str | None = None
+    static_shapes: bool = False
+    cache_dir: str | None = None
+    compile_seconds: float | None = None   # filled in when the second step starts
+    cache_hits: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def cuda_graphs(self) -> bool:
+        return self.mode in ("reduce-overhead", "max-autotune")
+
+
+def resolve_compile(setting: bool | str, device: torch.device) -> bool:
+    """``run.compile`` as a decision: ``auto`` is on for CUDA, off elsewhere."""
+    if isinstance(setting, str):
+        if setting != "auto":
+            raise ValueError(f"run.compile must be auto, true or false, got {setting!r}")
+        return device.type == "cuda"
+    return bool(setting)
+
+
+def choose_mode(device: torch.device, static_shapes: bool) -> str:
+    """CUDA graphs where shapes are static on CUDA, inductor's default mode otherwise; ``LGIFORMER_COMPILE_MODE``
+    wins."""
+    override = os.environ.get("LGIFORMER_COMPILE_MODE", "").strip()
+    if override and override != "auto":
+        if override not in MODES:
+            raise ValueError(f"LGIFORMER_COMPILE_MODE must be auto or one of {MODES}, got {override!r}")
+        return override
+    return "reduce-overhead" if device.type == "cuda" and static_shapes else "default"
+
+
+def environment_tag() -> str:
+    """torch and CUDA version: compiled artifacts are only valid within one such environment."""
+    cuda = torch.version.cuda or "cpu"
+    return f"torch-{torch.__version__.replace('+', '_')}-cuda-{cuda}"
+
+
+def set_cache_dir() -> str:
+    """Point inductor's on-disk cache (FX graphs, AOTAutograd, Triton kernels) at a folder that survives restarts,
+    unless the user already chose one with ``TORCHINDUCTOR_CACHE_DIR``. Returns the folder in use."""
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    root = Path(os.environ.get("LGIFORMER_COMPILE_CACHE") or Path.home() / ".cache" / "lgiformer" / "torch_compile")
+    path = root / environment_tag()
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)  # read by inductor at its first compile
+    return str(path)
+
+
+def compile_seconds() -> float:
+    """Seconds torch has spent compiling in this process so far (dynamo, AOTAutograd, inductor; forward and
+    backward)."""
+    spent = torch._dynamo.utils.calculate_time_spent()
+    if "total_wall_time" in spent:
+        return float(spent["total_wall_time"])
+    return float(spent.get("entire_frame_compile", 0.0) + spent.get("entire_backward_compile", 0.0))
+
+
+def cache_hits() -> dict[str, int]:
+    counters = torch._dynamo.utils.counters
+    return {"fx_graph_hit": int(counters["inductor"].get("fxgraph_cache_hit", 0)),
+            "fx_graph_miss": int(counters["inductor"].get("fxgraph_cache_miss", 0)),
+            "aot_autograd_hit": int(counters["aot_autograd"].get("autograd_cache_hit", 0)),
+            "aot_autograd_miss": int(counters["aot_autograd"].get("autograd_cache_miss", 0))}
+
+
+def has_static_shapes(model: nn.Module) -> bool:
+    """Pretraining models (they draw masks with a fixed number of visible tokens) see the same shapes every step."""
+    return hasattr(model, "masker")
+
+
+def compile_engine(engine: Any, setting: bool | str, device: torch.device, *,
+                   static_shapes: bool | None = None) -> CompileInfo:
+    """Compile ``engine.module`` (through DeepSpeed's ``engine.compile``) if ``run.compile`` says so on this device;
+    see the module docstring for the mode and the cache. ``static_shapes`` defaults to
+    :func:`has_static_shapes` of the model. Returns what was done; the compile time is logged and recorded in the
+    returned :class:`CompileInfo` when the second training step starts."""
+    if not resolve_compile(setting, device):
+        return CompileInfo(enabled=False)
+    static = has_static_shapes(engine.module) if static_shapes is None else static_shapes
+    info = CompileInfo(enabled=True, mode=choose_mode(device, static), static_shapes=static,
+                       cache_dir=set_cache_dir())
+    kwargs: dict[str, Any] = {} if info.mode == "default" else {"mode": info.mode}
+    if static:
+        kwargs["dynamic"] = False
+    before = compile_seconds()
+    engine.compile(compile_kwargs=kwargs)
+    log.info("torch.compile: mode %s%s, cache %s", info.mode, ", static shapes" if static else "", info.cache_dir)
+    _report_after_first_step(engine, info, before)
+    return info
+
+
+def _report_after_first_step(engine: nn.Module, info: CompileInfo, before: float) -> None:
+    """Log the compile time when the second forward starts (the first step, forward and backward, compiled by
+    then). The hook sits on the DeepSpeed engine, which stays eager; only ``engine.module`` is compiled."""
+    calls = {"n": 0}
+
+    def hook(module: nn.Module, args: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] < 2:
+            return
+        info.compile_seconds = round(compile_seconds() - before, 1)
+        info.cache_hits = cache_hits()
+        log.info("torch.compile: %.1f s compiling in the first step (cache: %s)", info.compile_seconds,
+                 ", ".join(f"{k} {v}" for k, v in info.cache_hits.items()))
+        handle.remove()
+
+    handle = engine.register_forward_pre_hook(hook)

@@ -1,0 +1,130 @@
+"""``run.compile`` (auto / true / false), the compile mode and cache choice, the compile-time report, and fused AdamW
+only on GPUs (``lgiformer/engine/compile.py``, ``lgiformer/engine/ds.py``)."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from lgiformer.config import ConfigError, RunConfig, load_config
+from lgiformer.engine import compile as compiling
+from lgiformer.engine import ds
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+@dataclasses.dataclass
+class _Config:
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+
+def test_run_compile_accepts_auto_and_booleans(tmp_path):
+    assert load_config(_Config).run.compile == "auto"
+    assert load_config(_Config, None, ["--run.compile", "auto"]).run.compile == "auto"
+    assert load_config(_Config, None, ["--run.compile", "False"]).run.compile is False
+    assert load_config(_Config, None, ["--run.compile", "--run.batch_size", "2"]).run.compile is True
+    (tmp_path / "recipe.yaml").write_text("run:\n  compile: true\n")
+    assert load_config(_Config, tmp_path / "recipe.yaml").run.compile is True
+    with pytest.raises(ConfigError, match="expected a boolean .true/false. or auto"):
+        load_config(_Config, None, ["--run.compile", "sometimes"])
+
+
+def test_auto_compiles_on_cuda_only_and_the_mode_follows_the_shapes(monkeypatch):
+    monkeypatch.delenv("LGIFORMER_COMPILE_MODE", raising=False)
+    assert (compiling.resolve_compile("auto", CPU), compiling.resolve_compile("auto", CUDA)) == (False, True)
+    assert compiling.resolve_compile(True, CPU) and not compiling.resolve_compile(False, CUDA)
+    with pytest.raises(ValueError):
+        compiling.resolve_compile("yes please", CPU)
+    assert compiling.choose_mode(CUDA, static_shapes=True) == "reduce-overhead"   # CUDA graphs
+    assert compiling.choose_mode(CUDA, static_shapes=False) == "default"
+    assert compiling.choose_mode(CPU, static_shapes=True) == "default"
+    monkeypatch.setenv("LGIFORMER_COMPILE_MODE", "max-autotune-no-cudagraphs")
+    assert compiling.choose_mode(CUDA, static_shapes=True) == "max-autotune-no-cudagraphs"
+    monkeypatch.setenv("LGIFORMER_COMPILE_MODE", "fast")
+    with pytest.raises(ValueError, match="LGIFORMER_COMPILE_MODE"):
+        compiling.choose_mode(CUDA, static_shapes=True)
+
+
+def test_cache_dir_is_persistent_and_per_environment_unless_the_user_set_one(monkeypatch, tmp_path):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("LGIFORMER_COMPILE_CACHE", str(tmp_path / "cache"))
+    path = compiling.set_cache_dir()
+    assert path == str(tmp_path / "cache" / compiling.environment_tag()) and (tmp_path / "cache").is_dir()
+    import os
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == path
+    assert torch.__version__.replace("+", "_") in compiling.environment_tag()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert compiling.set_cache_dir() == str(tmp_path / "mine")
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.gelu(self.fc(x)) * 2
+
+
+class _Engine(nn.Module):
+    """What ``compile_engine`` uses of a DeepSpeed engine: ``module``, ``compile(compile_kwargs=...)`` (which
+    compiles ``module`` in place, as DeepSpeed does) and being an eager nn.Module around it."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.compile_kwargs = None
+
+    def compile(self, compile_kwargs: dict) -> None:  # noqa: A003
+        self.compile_kwargs = compile_kwargs
+        self.module.compile(**compile_kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+def test_compile_engine_is_off_on_cpu_by_default_and_infers_static_shapes(monkeypatch, tmp_path):
+    monkeypatch.setenv("LGIFORMER_COMPILE_CACHE", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("LGIFORMER_COMPILE_MODE", raising=False)
+    engine = _Engine(_Net())
+    assert compiling.compile_engine(engine, "auto", CPU).enabled is False and engine.compile_kwargs is None
+    pretrain_like = _Net()
+    pretrain_like.masker = object()  # a pretraining model draws its own masks: static shapes
+    engine = _Engine(pretrain_like)
+    monkeypatch.setattr(nn.Module, "compile", lambda self, **kw: None)  # record the arguments, do not compile
+    info = compiling.compile_engine(engine, True, CPU)
+    assert info.enabled and info.static_shapes and info.mode == "default" and not info.cuda_graphs
+    assert engine.compile_kwargs == {"dynamic": False}
+
+
+def test_compile_engine_compiles_and_reports_the_compile_time(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("LGIFORMER_COMPILE_CACHE", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("LGIFORMER_COMPILE_MODE", raising=False)
+    torch.manual_seed(0)
+    net = _Net()
+    eager = _Net()
+    eager.load_state_dict(net.state_dict())
+    engine = _Engine(net)
+    with caplog.at_level(logging.INFO, logger="lgiformer.engine.compile"):
+        info = compiling.compile_engine(engine, True, CPU)
+        x = torch.randn(4, 8)
+        for _ in range(2):
+            out = engine(x)
+            out.sum().backward()
+    torch.testing.assert_close(out, eager(x))
+    torch.testing.assert_close(net.fc.weight.grad / 2, torch.autograd.grad(eager(x).sum(), eager.fc.weight)[0])
+    assert info.compile_seconds is not None and info.compile_seconds > 0
+    assert set(info.cache_hits) == {"fx_graph_hit", "fx_graph_miss", "aot_autograd_hit", "aot_autograd_miss"}
+    assert any("compiling in the first step" in r.getMessage() for r in caplog.records)
+
+
+def test_fused_adamw_only_for_cuda_parameters():
+    cpu_groups = [{"params": [nn.Parameter(torch.zeros(2))]}]
+    assert not ds.use_fused_adamw(cpu_groups) and not ds.use_fused_adamw([])
+    meta_groups = [{"params": [nn.Parameter(torch.zeros(2, device="meta"))]}]
+    assert not ds.use_fused_adamw(meta_groups)
