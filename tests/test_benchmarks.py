@@ -65,18 +65,24 @@ def test_throughput_json_on_a_tiny_config(capsys):
 
     throughput.main(["--model", "lgiformer_tiny_patch16_160", "--frames", "4", "--img-size", "32", "--depth", "1",
                      "--region", "1x1x2", "--batch", "1", "--iters", "1", "--warmup", "0", "--threads", "1",
-                     "--no-memory", "--json",
-                     "--compare", "lgiformer_tiny_patch16_160", "lgiformer_tiny_patch16_160:impl=reference",
-                     "vit_tiny_patch16_160:mode=pretrain"])
+                     "--no-memory", "--json", "--ops",
+                     "--compare", "lgiformer_tiny_patch16_160:impl=baseline", "lgiformer_tiny_patch16_160",
+                     "lgiformer_tiny_patch16_160:impl=reference", "vit_tiny_patch16_160:mode=pretrain"])
     result = json.loads(capsys.readouterr().out)
     assert {"environment", "iters", "warmup", "results", "ratios"} <= set(result)
     rows = result["results"]
-    assert [r["impl"] for r in rows] == ["ours", "reference", "ours"] and rows[2]["mode"] == "pretrain"
+    assert [r["impl"] for r in rows] == ["baseline", "ours", "reference", "ours"] and rows[3]["mode"] == "pretrain"
     for r in rows:
         assert {"label", "model", "mode", "batch", "params_m", "step_time_s", "clips_per_s", "peak_mb",
-                "saved_mb", "memory_method"} <= set(r)
+                "saved_mb", "memory_method", "block_ops", "max_abs_diff"} <= set(r)
         assert r["step_time_s"] > 0 and r["clips_per_s"] > 0 and r["saved_mb"] > 0
+        assert r["block_ops"]["ops"] > r["block_ops"]["ops_compute"] > 0 and r["block_ops"]["ops_top"] > 0
     assert result["ratios"][0]["time_ratio"] == 1.0
+    # The lean block launches fewer operators than the baseline block, and computes the same features.
+    assert result["ratios"][1]["ops_ratio"]["ops_compute"] < 1.0
+    assert rows[1]["max_abs_diff"] <= 1e-5 and rows[2]["max_abs_diff"] <= 1e-4
+    assert rows[0]["max_abs_diff"] is None and rows[3]["max_abs_diff"] is None  # nothing to compare them with
+    assert rows[1]["block_ops"]["block_input"] == [1, 4, 1 + 2, 192]  # 4 regions of 2 tokens (2 x 2 x 2 grid)
 
 
 def test_memory_probe_reports_a_positive_peak():

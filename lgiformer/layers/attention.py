@@ -8,8 +8,9 @@ Self-attention runs the three projections as one GEMM on ``cat(q.weight, kv.weig
 (3 C^2 values, small next to the activations; ``benchmarks/throughput.py --compare`` measured it against keeping a
 fused copy, see docs/PERFORMANCE.md), while the parameters and the state dict keep the reference's names. The
 zero key bias is a non-persistent buffer, so the fused bias is one ``cat`` and the state dict is unchanged. q, k and v
-are strided views of the projection ([B, N, 3, H, d] read as [3, B, H, N, d]): SDPA takes them as they are and
-returns its output in [B, N, H, d] memory order, so no copy is made on either side of the attention.
+are strided views of the projection ([B, N, 3, H, d] read as three [B, H, N, d]): SDPA takes them as they are and
+returns its output in [B, N, H, d] memory order, so no copy is made on either side of the attention, forward or
+backward.
 """
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ class Attention(nn.Module):
 
 
 def _split_heads(x: torch.Tensor, parts: int, num_heads: int, head_dim: int) -> tuple[torch.Tensor, ...]:
-    """[..., N, parts * H * d] -> ``parts`` strided views [..., H, N, d] (one view, one permute, one unbind)."""
-    lead = x.dim() - 2
-    perm = (lead + 1, *range(lead), lead + 2, lead, lead + 3)
-    return x.view(*x.shape[:-1], parts, num_heads, head_dim).permute(perm).unbind(0)
+    """[..., N, parts * H * d] -> ``parts`` strided views [..., H, N, d]. Unbinding the ``parts`` axis in place (not
+    after moving it to the front) lets backward stack the gradients straight into the projection's layout, with no
+    further copy."""
+    return tuple(t.transpose(-3, -2) for t in x.view(*x.shape[:-1], parts, num_heads, head_dim).unbind(-3))
