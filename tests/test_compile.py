@@ -98,7 +98,34 @@ def test_compile_engine_is_off_on_cpu_by_default_and_infers_static_shapes(monkey
     monkeypatch.setattr(nn.Module, "compile", lambda self, **kw: None)  # record the arguments, do not compile
     info = compiling.compile_engine(engine, True, CPU)
     assert info.enabled and info.static_shapes and info.mode == "default" and not info.cuda_graphs
-    assert engine.compile_kwargs == {"dynamic": False}
+    assert info.scope == "model" and engine.compile_kwargs == {"dynamic": False}  # no blocks: the whole model
+
+
+def test_compile_engine_compiles_each_block_of_a_stack(monkeypatch, tmp_path):
+    from lgiformer.models import build_pretrain_model
+
+    monkeypatch.setenv("LGIFORMER_COMPILE_CACHE", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("LGIFORMER_COMPILE_MODE", raising=False)
+    monkeypatch.delenv("LGIFORMER_COMPILE_SCOPE", raising=False)
+    compiled = []
+    monkeypatch.setattr(nn.Module, "compile", lambda self, **kw: compiled.append((self, kw)))
+    mae = build_pretrain_model("lgiformer_tiny_patch16_160", img_size=32, num_frames=4, embed_dim=32, depth=3,
+                               num_heads=2, region_size=(1, 1, 2), decoder_embed_dim=16, decoder_depth=2,
+                               decoder_num_heads=2, mask_ratio=0.5)
+    names = {id(m): n for n, m in mae.named_modules()}
+    engine = _Engine(mae)
+    info = compiling.compile_engine(engine, True, CUDA)  # nothing runs: the choice of regions and mode only
+    assert (info.scope, info.regions, info.mode, info.static_shapes) == ("blocks", 5, "reduce-overhead", True)
+    assert [names[id(m)] for m, _ in compiled] == [f"encoder.blocks.{i}" for i in range(3)] + \
+        [f"decoder.blocks.{i}" for i in range(2)]
+    assert all(kw == {"mode": "reduce-overhead", "dynamic": False} for _, kw in compiled)
+    assert engine.compile_kwargs is None  # the engine itself stays eager
+    monkeypatch.setenv("LGIFORMER_COMPILE_SCOPE", "model")
+    assert compiling.compile_engine(_Engine(mae), True, CUDA).scope == "model"
+    monkeypatch.setenv("LGIFORMER_COMPILE_SCOPE", "layers")
+    with pytest.raises(ValueError, match="LGIFORMER_COMPILE_SCOPE"):
+        compiling.compile_engine(_Engine(mae), True, CUDA)
 
 
 def test_compile_engine_compiles_and_reports_the_compile_time(monkeypatch, tmp_path, caplog):

@@ -3,6 +3,12 @@ long compiling took. The engine calls one function, :func:`compile_engine`, righ
 
 * ``run.compile``: ``auto`` (the default) compiles on CUDA and not on CPU (where compiling costs about 90 s per block
   shape and gains nothing measurable: docs/PERFORMANCE.md); ``true`` / ``false`` force it.
+* Scope: the repeated transformer blocks are compiled one by one ("regional compilation"): the blocks of a stack
+  share their code and shapes, so torch compiles one block (forward and backward) and reuses it for all of them,
+  where compiling the whole model traces and compiles every block again (the whole LGI-Former-B took 138 s on an
+  H100, docs/PERFORMANCE.md). It also keeps the data-dependent steps of pretraining (gathering the visible tokens)
+  outside the compiled code, so no graph breaks there. ``LGIFORMER_COMPILE_SCOPE=model`` compiles the whole model
+  through DeepSpeed's ``engine.compile`` instead (also the fallback for a model without ``blocks``).
 * Mode: pretraining has static shapes (every mask type keeps the same number of visible tokens per clip, and an
   LGI-Former needs region-balanced masks), so on CUDA it runs ``mode="reduce-overhead"``: inductor's kernels replayed
   as CUDA graphs, which removes the per-kernel launch cost that dominates the LGI-Former's many small kernels. Other
@@ -29,12 +35,15 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+SCOPES = ("blocks", "model")
 
 
 @dataclasses.dataclass
 class CompileInfo:
     enabled: bool
     mode: str | None = None
+    scope: str | None = None               # blocks | model
+    regions: int = 0                       # modules compiled (blocks), 1 for the whole model
     static_shapes: bool = False
     cache_dir: str | None = None
     compile_seconds: float | None = None   # filled in when the second step starts
@@ -63,6 +72,36 @@ def choose_mode(device: torch.device, static_shapes: bool) -> str:
             raise ValueError(f"LGIFORMER_COMPILE_MODE must be auto or one of {MODES}, got {override!r}")
         return override
     return "reduce-overhead" if device.type == "cuda" and static_shapes else "default"
+
+
+def choose_scope() -> str:
+    scope = os.environ.get("LGIFORMER_COMPILE_SCOPE", "blocks").strip() or "blocks"
+    if scope not in SCOPES:
+        raise ValueError(f"LGIFORMER_COMPILE_SCOPE must be one of {SCOPES}, got {scope!r}")
+    return scope
+
+
+def compile_kwargs(mode: str, static_shapes: bool) -> dict[str, Any]:
+    """``torch.compile`` arguments for a mode: static shapes are declared so nothing is recompiled as dynamic."""
+    kwargs: dict[str, Any] = {} if mode == "default" else {"mode": mode}
+    if static_shapes:
+        kwargs["dynamic"] = False
+    return kwargs
+
+
+def block_stacks(model: nn.Module) -> list[nn.Module]:
+    """The blocks of every ``blocks`` ModuleList in the model (encoder, decoder), in order."""
+    return [blk for name, m in model.named_modules() if name.split(".")[-1] == "blocks"
+            and isinstance(m, nn.ModuleList) for blk in m]
+
+
+def compile_blocks(model: nn.Module, kwargs: dict[str, Any]) -> int:
+    """Compile every repeated block in place (``nn.Module.compile``); returns how many. Parameter and state-dict
+    names do not change."""
+    blocks = block_stacks(model)
+    for blk in blocks:
+        blk.compile(**kwargs)
+    return len(blocks)
 
 
 def environment_tag() -> str:
@@ -107,21 +146,25 @@ def has_static_shapes(model: nn.Module) -> bool:
 
 def compile_engine(engine: Any, setting: bool | str, device: torch.device, *,
                    static_shapes: bool | None = None) -> CompileInfo:
-    """Compile ``engine.module`` (through DeepSpeed's ``engine.compile``) if ``run.compile`` says so on this device;
-    see the module docstring for the mode and the cache. ``static_shapes`` defaults to
+    """Compile the model's blocks (or, by choice or fallback, the whole ``engine.module`` through DeepSpeed's
+    ``engine.compile``) if ``run.compile`` says so on this device; see the module docstring for scope, mode and cache. ``static_shapes`` defaults to
     :func:`has_static_shapes` of the model. Returns what was done; the compile time is logged and recorded in the
     returned :class:`CompileInfo` when the second training step starts."""
     if not resolve_compile(setting, device):
         return CompileInfo(enabled=False)
     static = has_static_shapes(engine.module) if static_shapes is None else static_shapes
-    info = CompileInfo(enabled=True, mode=choose_mode(device, static), static_shapes=static,
+    scope = choose_scope() if block_stacks(engine.module) else "model"
+    info = CompileInfo(enabled=True, mode=choose_mode(device, static), scope=scope, static_shapes=static,
                        cache_dir=set_cache_dir())
-    kwargs: dict[str, Any] = {} if info.mode == "default" else {"mode": info.mode}
-    if static:
-        kwargs["dynamic"] = False
+    kwargs = compile_kwargs(info.mode, static)
     before = compile_seconds()
-    engine.compile(compile_kwargs=kwargs)
-    log.info("torch.compile: mode %s%s, cache %s", info.mode, ", static shapes" if static else "", info.cache_dir)
+    if scope == "blocks":
+        info.regions = compile_blocks(engine.module, kwargs)
+    else:
+        engine.compile(compile_kwargs=kwargs)
+        info.regions = 1
+    log.info("torch.compile: %s (%d), mode %s%s, cache %s", scope, info.regions, info.mode,
+             ", static shapes" if static else "", info.cache_dir)
     _report_after_first_step(engine, info, before)
     return info
 
