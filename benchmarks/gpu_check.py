@@ -279,6 +279,30 @@ def run_row(p: Plan, bench: Bench, args: argparse.Namespace, peak: float | None)
     return row
 
 
+def interleaved_rows(case: Case, bench: Bench, args: argparse.Namespace, peak: float | None) -> list[dict]:
+    """``--interleave`` (for shared CPUs): the three eager runners of one case timed in rounds, one step of each per
+    round, so a change in machine load hits all three alike; step time = median over the rounds."""
+    runners = {"plain": bench.plain_step, "engine-bare": bench.bare_step, "engine": lambda: bench.loop_steps(1)}
+    for step in runners.values():
+        for _ in range(args.warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(args.steps * args.repeats):
+        for name, step in runners.items():
+            times[name].append(timed(bench.device, lambda n: step(), 1))
+    flops = bench.count_flops()
+    rows = []
+    for name, ts in times.items():
+        step_s = statistics.median(ts)
+        rows.append({"label": Plan(case, name, False).label, "model": case.model, "mode": case.mode,
+                     "batch": case.batch, "runner": name, "compiled": False, "step_s": round(step_s, 5),
+                     "step_s_rounds": [round(t, 4) for t in ts], "clips_per_s": round(case.batch / step_s, 2),
+                     "gflop_per_step": round(flops / 1e9, 3), "tflops": round(flops / step_s / 1e12, 4),
+                     "mfu": None if peak is None else round(flops / step_s / (peak * 1e12), 6),
+                     "interleaved": True})
+    return rows
+
+
 def estimate_s(p: Plan, done: list[dict], args: argparse.Namespace) -> float:
     """A pessimistic guess of a row's cost, from the eager rows already measured."""
     eager = [r for r in done if r.get("step_s") and r["model"] == p.case.model and r["mode"] == p.case.mode]
@@ -392,6 +416,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-batch", type=int, default=None, help="default 32 (tiny: 2)")
     p.add_argument("--pretrain-batch", type=int, default=None, help="default 128 (tiny: 2)")
     p.add_argument("--depth", type=int, default=None, help="override both models' depth (short CPU runs)")
+    p.add_argument("--interleave", action="store_true",
+                   help="eager runners only, timed in interleaved rounds (shared CPUs); ignores --budget-s")
     p.add_argument("--steps", type=int, default=10, help="steps per timed repeat")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per row (median)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (the compiled rows compile here)")
@@ -433,6 +459,14 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     benches: dict[Case, Bench] = {}
+    if args.interleave:
+        for case in cases(args.tiny, args.finetune_batch, args.pretrain_batch):
+            print(f"[{time.perf_counter() - start:5.0f} s] {case.model} {case.mode} b{case.batch}, runners interleaved",
+                  file=sys.stderr, flush=True)
+            result["rows"] += interleaved_rows(case, Bench(case, device, args.tiny, args.depth), args, peak)
+            result["summary"] = summarize(result["rows"])
+            out.write_text(json.dumps(result, indent=1))
+        rows_plan = []
     try:
         for p in rows_plan:
             result["rows"].append(_run_or_skip(p, rows_plan, benches, result, args, device, peak, start))

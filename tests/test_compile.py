@@ -155,3 +155,30 @@ def test_fused_adamw_only_for_cuda_parameters():
     assert not ds.use_fused_adamw(cpu_groups) and not ds.use_fused_adamw([])
     meta_groups = [{"params": [nn.Parameter(torch.zeros(2, device="meta"))]}]
     assert not ds.use_fused_adamw(meta_groups)
+
+
+def test_one_process_engine_makes_no_gradient_copies_and_matches_a_plain_step(monkeypatch, request):
+    """ZeRO 0 on one process: DeepSpeed's backward all-reduce (flatten, scale, copy back) is switched off, and one
+    engine step gives the weights a plain torch loop gives."""
+    from lgiformer.engine.distributed import destroy, init_distributed
+    from lgiformer.optim import param_groups
+
+    own_group = not torch.distributed.is_initialized()
+    init_distributed("cpu")
+    if own_group:
+        request.addfinalizer(destroy)
+    torch.manual_seed(0)
+    model, plain = _Net(), _Net()
+    plain.load_state_dict(model.state_dict())
+    engine, _ = ds.initialize(model, param_groups(model, 0.05), lr=1e-2, betas=(0.9, 0.95), eps=1e-8, micro_batch=4,
+                              accum_steps=1, world_size=1, precision="fp32", zero_stage=0, clip_grad=None)
+    assert engine.enable_backward_allreduce is False
+    monkeypatch.setattr(type(engine), "allreduce_gradients", lambda *a, **k: pytest.fail("gradients all-reduced"))
+    opt = torch.optim.AdamW(param_groups(plain, 0.05), lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
+    x = torch.randn(4, 8)
+    engine.backward(engine(x).square().mean())
+    engine.step()
+    plain(x).square().mean().backward()
+    opt.step()
+    for (name, a), b in zip(model.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(a, b, msg=name)

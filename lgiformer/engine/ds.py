@@ -93,4 +93,9 @@ def initialize(model: nn.Module, param_groups: Sequence[dict], *, lr: float, bet
     config = deepspeed_config(micro_batch, accum_steps, world_size, precision, zero_stage, clip_grad)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config,
                                            dist_init_required=False)
+    if world_size == 1 and zero_stage == 0:
+        # One process has nothing to average, but DeepSpeed's ZeRO-0 backward would still flatten every gradient
+        # into a bucket, scale it, all-reduce it over the one process and copy it back: three passes over all
+        # gradients per step that a plain loop does not make.
+        engine.enable_backward_allreduce = False
     return engine, config
