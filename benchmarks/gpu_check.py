@@ -451,7 +451,6 @@ def main(argv: list[str] | None = None) -> dict:
     from lgiformer.engine.distributed import init_distributed
 
     result["compile_cache_dir"] = compiling.set_cache_dir()  # before anything compiles
-    own_group = not torch.distributed.is_initialized()
     init_distributed(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -489,11 +488,11 @@ def main(argv: list[str] | None = None) -> dict:
         if shown:
             print(f"{key}: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
     print(f"JSON: {out}")
-    if own_group:
-        from lgiformer.engine.distributed import destroy
-        destroy()
     return result
 
 
 if __name__ == "__main__":
+    from lgiformer.engine.distributed import destroy
+
     main()
+    destroy()  # in-process callers (the tests) keep the group: DeepSpeed remembers it

@@ -157,16 +157,13 @@ def test_fused_adamw_only_for_cuda_parameters():
     assert not ds.use_fused_adamw(meta_groups)
 
 
-def test_one_process_engine_makes_no_gradient_copies_and_matches_a_plain_step(monkeypatch, request):
+def test_one_process_engine_makes_no_gradient_copies_and_matches_a_plain_step(monkeypatch):
     """ZeRO 0 on one process: DeepSpeed's backward all-reduce (flatten, scale, copy back) is switched off, and one
     engine step gives the weights a plain torch loop gives."""
-    from lgiformer.engine.distributed import destroy, init_distributed
+    from lgiformer.engine.distributed import init_distributed
     from lgiformer.optim import param_groups
 
-    own_group = not torch.distributed.is_initialized()
-    init_distributed("cpu")
-    if own_group:
-        request.addfinalizer(destroy)
+    init_distributed("cpu")  # kept for the session, as tests/test_engine.py does: DeepSpeed remembers the group
     torch.manual_seed(0)
     model, plain = _Net(), _Net()
     plain.load_state_dict(model.state_dict())
@@ -182,3 +179,26 @@ def test_one_process_engine_makes_no_gradient_copies_and_matches_a_plain_step(mo
     opt.step()
     for (name, a), b in zip(model.named_parameters(), plain.parameters()):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_no_clip_grad_means_no_clipping_in_deepspeed():
+    """``optim.clip_grad: null`` must reach DeepSpeed as 0 (its default is 1.0): the engine then neither clips nor
+    computes a norm per parameter."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from lgiformer.engine.distributed import init_distributed
+    from lgiformer.optim import param_groups
+
+    assert ds.deepspeed_config(4, 1, 1, "bf16", 0, None)["gradient_clipping"] == 0.0
+    assert ds.deepspeed_config(4, 1, 1, "bf16", 0, 0.5)["gradient_clipping"] == 0.5
+    init_distributed("cpu")
+    model = _Net()
+    engine, _ = ds.initialize(model, param_groups(model, 0.05), lr=1e-2, betas=(0.9, 0.95), eps=1e-8, micro_batch=4,
+                              accum_steps=1, world_size=1, precision="fp32", zero_stage=0, clip_grad=None)
+    assert engine.gradient_clipping() == 0.0
+    engine.backward(engine(torch.randn(4, 8)).square().sum() * 1e3)   # a gradient norm far above 1
+    grads = [p.grad.clone() for p in model.parameters()]
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        engine.step()
+    assert not any("norm" in e.name for e in prof.events())
+    assert max(float(g.norm()) for g in grads) > 10.0

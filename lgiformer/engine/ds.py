@@ -70,8 +70,9 @@ def deepspeed_config(micro_batch: int, accum_steps: int, world_size: int, precis
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": True,
     }
-    if clip_grad:
-        config["gradient_clipping"] = float(clip_grad)
+    # Always explicit: DeepSpeed's default is 1.0 (``GRADIENT_CLIPPING_DEFAULT``), so leaving the key out clipped
+    # every run whose recipe asked for no clipping (and cost a norm and a scale per parameter each step).
+    config["gradient_clipping"] = float(clip_grad) if clip_grad else 0.0
     if precision == "bf16":
         # DeepSpeed's engine replaces any outer autocast by its own setting, so bf16 autocast is configured here
         config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
