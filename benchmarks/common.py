@@ -199,12 +199,14 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed_step(bench: Bench) -> float:
+def timed_step(bench: Bench) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one step. On a shared CPU the CPU time is the steadier
+    figure: other jobs stretch the wall time of a step, hardly its CPU time."""
     sync(bench.cfg.device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     bench.step()
     sync(bench.cfg.device)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def saved_tensor_mb(bench: Bench) -> float | None:
@@ -344,16 +346,20 @@ def run_interleaved(cfgs: list[RunConfig], iters: int, warmup: int, memory: bool
             bench.step()
         benches.append(bench)
     times: list[list[float]] = [[] for _ in benches]
+    cpu_times: list[list[float]] = [[] for _ in benches]
     for i in range(iters):
         for j, bench in enumerate(benches):
-            times[j].append(timed_step(bench))
+            wall, cpu = timed_step(bench)
+            times[j].append(wall)
+            cpu_times[j].append(cpu)
         if log:
             log(f"round {i + 1}/{iters}: " + " ".join(f"{t[-1]:.3f}s" for t in times))
     results = []
-    for bench, ts in zip(benches, times):
+    for bench, ts, cs in zip(benches, times, cpu_times):
         med = statistics.median(ts)
         row = dict(dataclasses.asdict(bench.cfg), label=bench.cfg.label, params_m=round(bench.params / 1e6, 3),
                    step_time_s=round(med, 4), step_times_s=[round(t, 4) for t in ts],
+                   step_cpu_s=round(statistics.median(cs), 4),
                    clips_per_s=round(bench.cfg.batch / med, 3), saved_mb=saved_tensor_mb(bench))
         if ops:
             row["block_ops"] = block_op_counts(bench)
@@ -388,6 +394,8 @@ def ratios(rows: list[dict]) -> list[dict]:
     for r in rows:
         out.append({"label": r["label"],
                     "time_ratio": round(r["step_time_s"] / first["step_time_s"], 3),
+                    "cpu_time_ratio": (round(r["step_cpu_s"] / first["step_cpu_s"], 3)
+                                       if r.get("step_cpu_s") and first.get("step_cpu_s") else None),
                     "memory_ratio": (round(r["peak_mb"] / first["peak_mb"], 3)
                                      if r.get("peak_mb") and first.get("peak_mb") else None),
                     "saved_ratio": (round(r["saved_mb"] / first["saved_mb"], 3)
@@ -401,14 +409,15 @@ def ratios(rows: list[dict]) -> list[dict]:
 def format_table(rows: list[dict]) -> str:
     rel = ratios(rows)
     head = (f"{'config':90s} {'params':>8s} {'step s':>8s} {'clips/s':>8s} {'peak MiB':>9s} {'saved MiB':>9s} "
-            f"{'time x':>7s} {'mem x':>6s}")
+            f"{'time x':>7s} {'cpu x':>6s} {'mem x':>6s}")
     lines = [head, "-" * len(head)]
     for r, q in zip(rows, rel):
         peak = "-" if r.get("peak_mb") is None else f"{r['peak_mb']:.0f}"
         saved = "-" if r.get("saved_mb") is None else f"{r['saved_mb']:.0f}"
         mem = "-" if q["memory_ratio"] is None else f"{q['memory_ratio']:.2f}"
+        cpu = "-" if q.get("cpu_time_ratio") is None else f"{q['cpu_time_ratio']:.2f}"
         lines.append(f"{r['label'][:90]:90s} {r['params_m']:7.2f}M {r['step_time_s']:8.3f} {r['clips_per_s']:8.2f} "
-                     f"{peak:>9s} {saved:>9s} {q['time_ratio']:7.2f} {mem:>6s}")
+                     f"{peak:>9s} {saved:>9s} {q['time_ratio']:7.2f} {cpu:>6s} {mem:>6s}")
     diffs = [r for r in rows if r.get("max_abs_diff") is not None]
     if diffs:
         lines += ["", "encoder outputs before training, max |difference| from the same config's first row:"]

@@ -21,7 +21,9 @@ config per round), and prints each config's ratios to the first. A spec is ``MOD
 impl, mode, batch, frames, img_size, depth, region, precision, compile, grad_checkpointing; keys left out take the
 command line's values.
 
-Step time is the median of ``--iters`` timed steps after ``--warmup`` steps; clips/s = batch / step time. Peak memory
+Step time is the median of ``--iters`` timed steps after ``--warmup`` steps; clips/s = batch / step time. The CPU
+time of the process per step is reported too (``cpu x``: its ratio to the first config): on a shared machine other
+jobs stretch the wall time, hardly the CPU time. Peak memory
 is the peak of a steady-state step above the resident weights and optimizer state; on CPU it is read from VmHWM
 in a fresh subprocess per config, on CUDA from ``torch.cuda.max_memory_allocated`` (see ``benchmarks/common.py``).
 The optimizer is plain ``torch.optim.AdamW``: DeepSpeed is not needed for this micro-benchmark.
