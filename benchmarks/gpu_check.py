@@ -28,6 +28,9 @@ as in training. MFU = FLOPs of one training step (forward + backward, counted on
 bf16 peak (table below, or ``--peak-tflops``). Each eager and compiled plain row also records the CUDA kernels one
 step launches and the ten that take longest (``torch.profiler``), the GPU counterpart of ``throughput.py --ops``.
 
+Then, time permitting, ``benchmarks/engine_overhead.py``: what one optimiser step costs through the engine beyond the
+plain loop, call by call (kernels launched and time).
+
 Rows run in priority order (all eager rows, then compiled finetuning, then compiled pretraining); a row whose
 estimated cost no longer fits ``--budget-s`` is skipped and listed as skipped. The JSON is rewritten after every row,
 so a run cut short still leaves what it measured.
@@ -196,6 +199,11 @@ class Bench:
         return self.flops
 
 
+def sig(x: float, digits: int = 4) -> float:
+    """``x`` to ``digits`` significant digits (MFU of a tiny CPU model is 1e-5, of a GPU run 0.3)."""
+    return float(f"{x:.{digits}g}")
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -270,10 +278,10 @@ def run_row(p: Plan, bench: Bench, args: argparse.Namespace, peak: float | None)
     row.update(step_s=round(step_s, 5), step_s_repeats=[round(r, 5) for r in reps],
                clips_per_s=round(p.case.batch / step_s, 1),
                peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if dev.type == "cuda" else None,
-               gflop_per_step=None if flops is None else round(flops / 1e9, 3))
+               gflop_per_step=None if flops is None else sig(flops / 1e9))
     if flops is not None:
-        row["tflops"] = round(flops / step_s / 1e12, 4)
-        row["mfu"] = None if peak is None else round(flops / step_s / (peak * 1e12), 6)
+        row["tflops"] = sig(flops / step_s / 1e12)
+        row["mfu"] = None if peak is None else sig(flops / step_s / (peak * 1e12))
     if p.runner == "plain":
         row["profile"] = kernels_per_step(bench, bench.plain_step)
     return row
@@ -281,15 +289,19 @@ def run_row(p: Plan, bench: Bench, args: argparse.Namespace, peak: float | None)
 
 def interleaved_rows(case: Case, bench: Bench, args: argparse.Namespace, peak: float | None) -> list[dict]:
     """``--interleave`` (for shared CPUs): the three eager runners of one case timed in rounds, one step of each per
-    round, so a change in machine load hits all three alike; step time = median over the rounds."""
+    round, so a change in machine load hits all three alike; step time = median over the rounds, and the process's
+    CPU time per step (steadier than the wall time on a shared machine)."""
     runners = {"plain": bench.plain_step, "engine-bare": bench.bare_step, "engine": lambda: bench.loop_steps(1)}
     for step in runners.values():
         for _ in range(args.warmup):
             step()
     times: dict[str, list[float]] = {name: [] for name in runners}
+    cpu_times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(args.steps * args.repeats):
         for name, step in runners.items():
+            cpu = time.process_time()
             times[name].append(timed(bench.device, lambda n: step(), 1))
+            cpu_times[name].append(time.process_time() - cpu)
     flops = bench.count_flops()
     rows = []
     for name, ts in times.items():
@@ -297,8 +309,9 @@ def interleaved_rows(case: Case, bench: Bench, args: argparse.Namespace, peak: f
         rows.append({"label": Plan(case, name, False).label, "model": case.model, "mode": case.mode,
                      "batch": case.batch, "runner": name, "compiled": False, "step_s": round(step_s, 5),
                      "step_s_rounds": [round(t, 4) for t in ts], "clips_per_s": round(case.batch / step_s, 2),
-                     "gflop_per_step": round(flops / 1e9, 3), "tflops": round(flops / step_s / 1e12, 4),
-                     "mfu": None if peak is None else round(flops / step_s / (peak * 1e12), 6),
+                     "step_cpu_s": round(statistics.median(cpu_times[name]), 5),
+                     "gflop_per_step": sig(flops / 1e9), "tflops": sig(flops / step_s / 1e12),
+                     "mfu": None if peak is None else sig(flops / step_s / (peak * 1e12)),
                      "interleaved": True})
     return rows
 
@@ -472,6 +485,13 @@ def main(argv: list[str] | None = None) -> dict:
             result["summary"] = summarize(result["rows"])
             result["wall_s"] = round(time.perf_counter() - start, 1)
             out.write_text(json.dumps(result, indent=1))
+        if time.perf_counter() - start < args.budget_s - 30:
+            from benchmarks import engine_overhead
+
+            print("engine overhead per optimiser step", file=sys.stderr, flush=True)
+            lgi = cases(args.tiny)[0].model
+            result["engine_overhead"] = engine_overhead.run(lgi, args.device, 1 if args.tiny else args.depth)
+            out.write_text(json.dumps(result, indent=1))
     except KeyboardInterrupt:  # gpu_check.sh's time limit: report what was measured
         result["interrupted"] = True
         result["wall_s"] = round(time.perf_counter() - start, 1)
@@ -487,6 +507,13 @@ def main(argv: list[str] | None = None) -> dict:
         shown = {k: v for k, v in figures.items() if not k.endswith("_each")}
         if shown:
             print(f"{key}: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
+    overhead = result.get("engine_overhead")
+    if overhead:
+        print(f"optimiser step of {overhead['model']} ({overhead['parameters']} tensors, {overhead['groups']} groups), "
+              "gradients set, no forward:")
+        for name, r in overhead["rows"].items():
+            kernels = f", {r['kernels']} kernels" if "kernels" in r else ""
+            print(f"  {name:58s} {r['ms']:8.2f} ms, {r['ops_top']} top-level operators{kernels}")
     print(f"JSON: {out}")
     return result
 

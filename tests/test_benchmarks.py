@@ -214,4 +214,8 @@ def test_gpu_check_runs_on_cpu_with_tiny_models(tmp_path, capsys):
     assert eager["lgi_vit_finetune_step_ratio_met"] == (eager["lgi_vit_finetune_step_ratio"] <= 0.7)
     assert set(result["summary"]["engine eager"]["engine_vs_plain_overhead_each"]) == {
         f"{m} {mode}" for m in ("lgiformer_tiny_patch16_160", "vit_tiny_patch16_160") for mode in ("finetune", "pretrain")}
+    overhead = result["engine_overhead"]["rows"]
+    assert overhead["DeepSpeed engine.step (now)"]["ops"] == overhead["plain loop: opt.step + zero_grad"]["ops"]
+    assert overhead["DeepSpeed engine.step, clipping at 1.0 (the old default)"]["ops"] > \
+        overhead["DeepSpeed engine.step (now)"]["ops"]
     assert "engine eager:" in capsys.readouterr().out

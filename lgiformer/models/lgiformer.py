@@ -171,8 +171,7 @@ class LGIFormer(nn.Module):
         for blk in self.blocks:
             s = checkpoint(blk, s, use_reentrant=False) if self.grad_checkpointing and self.training else blk(s)
         # [representative tokens, local tokens] in one gather: raster order for all tokens, region-major for visible.
-        r, m = s.shape[1], s.shape[2]
-        order = self.output_index if mask is None else _output_index(r, m, s.device)
+        order = self.output_index if mask is None else _output_index(s.shape[1], s.shape[2], s.device)
         return self.norm(s.flatten(1, 2).index_select(1, order))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
