@@ -272,7 +272,10 @@ def run_row(p: Plan, bench: Bench, args: argparse.Namespace, peak: float | None)
         row["compile_cache"] = compiling.cache_hits()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    compiled_before = compiling.compile_seconds()
     reps = [timed(dev, steps, args.steps) for _ in range(args.repeats)]
+    if p.compiled:  # should be 0: a recompile inside the timed steps would inflate them
+        row["compile_s_while_timed"] = round(compiling.compile_seconds() - compiled_before, 1)
     step_s = statistics.median(reps)
     flops = bench.count_flops() if not p.compiled else bench.flops
     row.update(step_s=round(step_s, 5), step_s_repeats=[round(r, 5) for r in reps],
@@ -426,6 +429,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true", help="tiny models and clips (the CPU smoke run)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the peak figure; run nothing")
     p.add_argument("--skip-compiled", action="store_true")
+    p.add_argument("--only", nargs="+", default=None, metavar="TEXT",
+                   help="run only the rows whose label contains one of these, e.g. 'lgiformer_base_patch16_160 finetune'")
     p.add_argument("--finetune-batch", type=int, default=None, help="default 32 (tiny: 2)")
     p.add_argument("--pretrain-batch", type=int, default=None, help="default 128 (tiny: 2)")
     p.add_argument("--depth", type=int, default=None, help="override both models' depth (short CPU runs)")
@@ -447,7 +452,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak, peak_source = peak_tflops(name, args.peak_tflops)
-    rows_plan = plan(args.tiny, args.skip_compiled, args.finetune_batch, args.pretrain_batch)
+    rows_plan = [p for p in plan(args.tiny, args.skip_compiled, args.finetune_batch, args.pretrain_batch)
+                 if not args.only or any(word in p.label for word in args.only)]
     result: dict[str, Any] = {"environment": environment(device) if not args.dry_run else {"device": str(device)},
                               "peak_bf16_tflops": peak, "peak_source": peak_source, "tiny": args.tiny,
                               "settings": {k: getattr(args, k) for k in ("steps", "repeats", "warmup", "budget_s",

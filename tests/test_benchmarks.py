@@ -189,10 +189,13 @@ def test_gpu_check_script_plans_every_row_within_its_budget(tmp_path):
                     assert f"{model} {mode} b{batch} {runner}{compiled}" in lines
 
 
-def test_gpu_check_runs_on_cpu_with_tiny_models(tmp_path, capsys):
+def test_gpu_check_runs_on_cpu_with_tiny_models(tmp_path, capsys, monkeypatch):
     """The GPU script's every runner (plain loop, DeepSpeed engine called directly, the training loop), both models
     and both modes, on tiny models on the CPU: it cannot rot between GPU loans."""
     from benchmarks import gpu_check
+
+    monkeypatch.setenv("LGIFORMER_COMPILE_CACHE", str(tmp_path / "compile_cache"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
 
     out = tmp_path / "gpu_check.json"
     result = gpu_check.main(["--device", "cpu", "--tiny", "--skip-compiled", "--steps", "1", "--repeats", "1",

@@ -121,6 +121,8 @@ def test_compile_engine_compiles_each_block_of_a_stack(monkeypatch, tmp_path):
         [f"decoder.blocks.{i}" for i in range(2)]
     assert all(kw == {"mode": "reduce-overhead", "dynamic": False} for _, kw in compiled)
     assert engine.compile_kwargs is None  # the engine itself stays eager
+    mae.set_grad_checkpointing(True)  # recomputation inside backward: no CUDA graphs
+    assert compiling.compile_engine(_Engine(mae), True, CUDA).mode == "default"
     monkeypatch.setenv("LGIFORMER_COMPILE_SCOPE", "model")
     assert compiling.compile_engine(_Engine(mae), True, CUDA).scope == "model"
     monkeypatch.setenv("LGIFORMER_COMPILE_SCOPE", "layers")

@@ -11,8 +11,9 @@ long compiling took. The engine calls one function, :func:`compile_engine`, righ
   through DeepSpeed's ``engine.compile`` instead (also the fallback for a model without ``blocks``).
 * Mode: pretraining has static shapes (every mask type keeps the same number of visible tokens per clip, and an
   LGI-Former needs region-balanced masks), so on CUDA it runs ``mode="reduce-overhead"``: inductor's kernels replayed
-  as CUDA graphs, which removes the per-kernel launch cost that dominates the LGI-Former's many small kernels. Other
-  runs use inductor's default mode (fusion, no CUDA graphs). ``LGIFORMER_COMPILE_MODE`` overrides the choice
+  as CUDA graphs, which removes the per-kernel launch cost that dominates the LGI-Former's many small kernels (not
+  with ``run.grad_checkpointing``, whose recomputation inside backward CUDA graphs cannot replay). Other runs use
+  inductor's default mode (fusion, no CUDA graphs). ``LGIFORMER_COMPILE_MODE`` overrides the choice
   (``default``, ``reduce-overhead``, ``max-autotune``, ``max-autotune-no-cudagraphs``).
 * Cache: inductor's FX-graph and AOTAutograd caches are on by default, but live in ``/tmp/torchinductor_$USER``,
   which cluster nodes wipe, so a requeued job compiled from scratch. Unless ``TORCHINDUCTOR_CACHE_DIR`` is already
@@ -154,8 +155,10 @@ def compile_engine(engine: Any, setting: bool | str, device: torch.device, *,
         return CompileInfo(enabled=False)
     static = has_static_shapes(engine.module) if static_shapes is None else static_shapes
     scope = choose_scope() if block_stacks(engine.module) else "model"
-    info = CompileInfo(enabled=True, mode=choose_mode(device, static), scope=scope, static_shapes=static,
-                       cache_dir=set_cache_dir())
+    # Gradient checkpointing re-runs each block inside backward, which CUDA graphs cannot replay: fusion only.
+    checkpointing = any(getattr(m, "grad_checkpointing", False) for m in engine.module.modules())
+    info = CompileInfo(enabled=True, mode=choose_mode(device, static and not checkpointing), scope=scope,
+                       static_shapes=static, cache_dir=set_cache_dir())
     kwargs = compile_kwargs(info.mode, static)
     before = compile_seconds()
     if scope == "blocks":
