@@ -28,8 +28,9 @@ as in training. MFU = FLOPs of one training step (forward + backward, counted on
 bf16 peak (table below, or ``--peak-tflops``). Each eager and compiled plain row also records the CUDA kernels one
 step launches and the ten that take longest (``torch.profiler``), the GPU counterpart of ``throughput.py --ops``.
 
-Then, time permitting, ``benchmarks/engine_overhead.py``: what one optimiser step costs through the engine beyond the
-plain loop, call by call (kernels launched and time).
+Then, time permitting, the three attentions alone (SDPA against explicit GEMMs and softmax, forward + backward) and
+``benchmarks/engine_overhead.py``: what one optimiser step costs through the engine beyond the plain loop, call by
+call (kernels launched and time).
 
 Rows run in priority order (all eager rows, then compiled finetuning, then compiled pretraining); a row whose
 estimated cost no longer fits ``--budget-s`` is skipped and listed as skipped. The JSON is rewritten after every row,
@@ -319,6 +320,42 @@ def interleaved_rows(case: Case, bench: Bench, args: argparse.Namespace, peak: f
     return rows
 
 
+ATTENTION_SHAPES = {  # LGI-Former-B at finetuning batch 32: (batch, heads, queries, keys), head dim 64
+    "local: 256 regions x 101 tokens": (256, 8, 101, 101),
+    "global: 32 clips x 8 representative tokens": (32, 8, 8, 8),
+    "local-global: 32 clips x 808 queries x 8 keys": (32, 8, 808, 8),
+}
+
+
+def attention_kernels(device: torch.device, tiny: bool, reps: int = 20) -> dict:
+    """The LGI-Former's three attentions, forward + backward in bf16: SDPA against the explicit two GEMMs and a
+    softmax (the issue asked whether 8 keys are cheaper without SDPA). Milliseconds per call, median."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    out = {}
+    for name, (b, h, lq, lk) in ATTENTION_SHAPES.items():
+        if tiny:
+            b = 2
+        q = torch.randn(b, h, lq, 64, device=device, dtype=dtype, requires_grad=True)
+        k = torch.randn(b, h, lk, 64, device=device, dtype=dtype, requires_grad=True)
+        v = torch.randn(b, h, lk, 64, device=device, dtype=dtype, requires_grad=True)
+        grad = torch.randn(b, h, lq, 64, device=device, dtype=dtype)
+        impls = {"sdpa": lambda: F.scaled_dot_product_attention(q, k, v),
+                 "explicit": lambda: ((q * 64 ** -0.5) @ k.transpose(-2, -1)).softmax(-1) @ v}
+        row = {}
+        for impl, fn in impls.items():
+            times = []
+            for i in range(reps + 3):
+                sync(device)
+                start = time.perf_counter()
+                torch.autograd.backward(fn(), grad)
+                sync(device)
+                if i >= 3:
+                    times.append(time.perf_counter() - start)
+            row[f"{impl}_ms"] = round(1e3 * statistics.median(times), 4)
+        out[name] = row
+    return out
+
+
 def estimate_s(p: Plan, done: list[dict], args: argparse.Namespace) -> float:
     """A pessimistic guess of a row's cost, from the eager rows already measured."""
     eager = [r for r in done if r.get("step_s") and r["model"] == p.case.model and r["mode"] == p.case.mode]
@@ -491,6 +528,9 @@ def main(argv: list[str] | None = None) -> dict:
             result["summary"] = summarize(result["rows"])
             result["wall_s"] = round(time.perf_counter() - start, 1)
             out.write_text(json.dumps(result, indent=1))
+        if time.perf_counter() - start < args.budget_s - 40:
+            result["attention_kernels"] = attention_kernels(device, args.tiny)
+            out.write_text(json.dumps(result, indent=1))
         if time.perf_counter() - start < args.budget_s - 30:
             from benchmarks import engine_overhead
 
@@ -513,6 +553,8 @@ def main(argv: list[str] | None = None) -> dict:
         shown = {k: v for k, v in figures.items() if not k.endswith("_each")}
         if shown:
             print(f"{key}: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
+    for name, r in result.get("attention_kernels", {}).items():
+        print(f"attention {name}: SDPA {r['sdpa_ms']:.3f} ms, explicit {r['explicit_ms']:.3f} ms (forward + backward)")
     overhead = result.get("engine_overhead")
     if overhead:
         print(f"optimiser step of {overhead['model']} ({overhead['parameters']} tensors, {overhead['groups']} groups), "

@@ -217,6 +217,8 @@ def test_gpu_check_runs_on_cpu_with_tiny_models(tmp_path, capsys, monkeypatch):
     assert eager["lgi_vit_finetune_step_ratio_met"] == (eager["lgi_vit_finetune_step_ratio"] <= 0.7)
     assert set(result["summary"]["engine eager"]["engine_vs_plain_overhead_each"]) == {
         f"{m} {mode}" for m in ("lgiformer_tiny_patch16_160", "vit_tiny_patch16_160") for mode in ("finetune", "pretrain")}
+    assert set(result["attention_kernels"]) == set(gpu_check.ATTENTION_SHAPES)
+    assert all(r["sdpa_ms"] > 0 and r["explicit_ms"] > 0 for r in result["attention_kernels"].values())
     overhead = result["engine_overhead"]["rows"]
     assert overhead["DeepSpeed engine.step (now)"]["ops"] == overhead["plain loop: opt.step + zero_grad"]["ops"]
     assert overhead["DeepSpeed engine.step, clipping at 1.0 (the old default)"]["ops"] > \
