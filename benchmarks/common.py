@@ -1,7 +1,8 @@
 """Shared pieces of ``throughput.py`` and ``scaling.py``: run specs, one training step, timing and memory.
 
 A *spec* is ``MODEL[:key=value,key=value]``, e.g. ``lgiformer_base_patch16_160:impl=reference,depth=2``. Keys:
-``impl`` (ours | reference), ``mode`` (pretrain | finetune), ``batch``, ``frames``, ``img_size``, ``depth``,
+``impl`` (ours | baseline | reference; baseline = the LGI-Former blocks as they were before the lean block,
+``benchmarks/_baseline_lgi.py``), ``mode`` (pretrain | finetune), ``batch``, ``frames``, ``img_size``, ``depth``,
 ``region`` (e.g. 2x7x7, LGI-Former only), ``precision`` (fp32 | bf16), ``compile``, ``grad_checkpointing``
 (0/1). Keys left out take the command line's values.
 
@@ -18,7 +19,8 @@ it (weights, AdamW state, inputs), so activations + gradients + temporaries.
     RSS follows live tensor memory). It runs one warm-up step, reads VmRSS, resets the high-water mark
     (``echo 5 > /proc/self/clear_refs``), runs one step and reads VmHWM. Includes allocator scratch (oneDNN, MKL).
 Also reported, device-independent: ``saved_mb``, the bytes of the distinct tensors autograd saves for backward
-(parameters excluded), counted with ``torch.autograd.graph.saved_tensors_hooks`` during one forward.
+(parameters excluded), counted with ``torch.autograd.graph.saved_tensors_hooks`` during one forward; and with
+``ops=True`` the operators one block launches, forward + backward (:func:`block_op_counts`).
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ from lgiformer.models import build_pretrain_model, create_model  # noqa: E402
 
 NUM_CLASSES = 7
 MB = 2 ** 20
+IMPLS = ("ours", "baseline", "reference")
 
 
 @dataclasses.dataclass
@@ -64,10 +67,10 @@ class RunConfig:
     grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        if self.impl not in ("ours", "reference"):
-            raise ValueError(f"impl must be 'ours' or 'reference', got {self.impl!r}")
-        if self.impl == "reference" and not self.model.startswith("lgiformer"):
-            raise ValueError("impl=reference exists for lgiformer_* models only")
+        if self.impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {self.impl!r}")
+        if self.impl != "ours" and not self.model.startswith("lgiformer"):
+            raise ValueError(f"impl={self.impl} exists for lgiformer_* models only")
         if self.mode not in ("pretrain", "finetune"):
             raise ValueError(f"mode must be 'pretrain' or 'finetune', got {self.mode!r}")
         if self.precision not in ("fp32", "bf16"):
@@ -127,9 +130,11 @@ class Bench:
     step: Callable[[], None]
     forward_loss: Callable[[], torch.Tensor]
     params: int
+    features: Callable[[], torch.Tensor]  # the encoder's output on the config's clips (fixed mask), no grad
 
 
 def build(cfg: RunConfig, seed: int = 0) -> Bench:
+    from benchmarks._baseline_lgi import baseline_lgiformer_from
     from benchmarks._reference_lgi import reference_lgiformer_from, use_explicit_attention
 
     torch.manual_seed(seed)
@@ -144,18 +149,28 @@ def build(cfg: RunConfig, seed: int = 0) -> Bench:
         if cfg.impl == "reference":
             model.encoder = reference_lgiformer_from(model.encoder)
             use_explicit_attention(model.decoder)  # the reference decoder is a plain explicit-attention ViT
+        elif cfg.impl == "baseline":
+            model.encoder = baseline_lgiformer_from(model.encoder)  # the decoder is today's in both
     else:
         model = create_model(cfg.model, num_classes=NUM_CLASSES, **kw)
         if cfg.impl == "reference":
             model = reference_lgiformer_from(model)
+        elif cfg.impl == "baseline":
+            model = baseline_lgiformer_from(model)
     model.to(device).train()
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
-    fwd = torch.compile(model) if cfg.compile else model
-    clips = torch.randn(cfg.batch, 3, cfg.frames, cfg.img_size, cfg.img_size, device=device)
-    labels = torch.randint(0, NUM_CLASSES, (cfg.batch,), device=device)
+    if cfg.compile:  # as training compiles: each block (regional), the mode the engine would pick on this device
+        from lgiformer.engine import compile as compiling
+
+        static = cfg.mode == "pretrain"
+        compiling.compile_blocks(model, compiling.compile_kwargs(compiling.choose_mode(device, static), static))
+    fwd = model
+    data = torch.Generator().manual_seed(seed)  # the same clips whatever the model construction drew
+    clips = torch.randn(cfg.batch, 3, cfg.frames, cfg.img_size, cfg.img_size, generator=data).to(device)
+    labels = torch.randint(0, NUM_CLASSES, (cfg.batch,), generator=data).to(device)
 
     def forward_loss() -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext():
@@ -168,7 +183,15 @@ def build(cfg: RunConfig, seed: int = 0) -> Bench:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return Bench(cfg, model, step, forward_loss, params)
+    mask = model.masker(cfg.batch, generator=torch.Generator().manual_seed(seed)).to(device) \
+        if cfg.mode == "pretrain" else None
+    encoder = model.encoder if cfg.mode == "pretrain" else model
+
+    def features() -> torch.Tensor:
+        with torch.no_grad():
+            return encoder.forward_features(clips, mask).float()
+
+    return Bench(cfg, model, step, forward_loss, params, features)
 
 
 def sync(device: str) -> None:
@@ -176,12 +199,14 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed_step(bench: Bench) -> float:
+def timed_step(bench: Bench) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one step. On a shared CPU the CPU time is the steadier
+    figure: other jobs stretch the wall time of a step, hardly its CPU time."""
     sync(bench.cfg.device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     bench.step()
     sync(bench.cfg.device)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def saved_tensor_mb(bench: Bench) -> float | None:
@@ -202,6 +227,56 @@ def saved_tensor_mb(bench: Bench) -> float | None:
     loss.backward()
     bench.model.zero_grad(set_to_none=True)
     return round(sum(seen.values()) / MB, 1)
+
+
+# ---- operators per block -----------------------------------------------------------------------------------------
+VIEW_OPS = frozenset(f"aten::{n}" for n in (
+    "as_strided", "view", "_unsafe_view", "_reshape_alias", "reshape", "transpose", "t", "permute", "expand",
+    "select", "slice", "narrow", "unsqueeze", "squeeze", "unflatten", "flatten", "movedim", "unbind", "split",
+    "split_with_sizes", "chunk", "alias", "detach", "resolve_conj", "resolve_neg", "empty", "empty_like",
+    "empty_strided", "new_empty_strided", "contiguous", "to", "lift_fresh", "expand_as", "view_as"))
+
+
+def block_op_counts(bench: Bench) -> dict | None:
+    """Operators the model's first block launches for one forward + backward on the input it sees in this config
+    (the batch, the visible tokens in pretraining), fp32, recorded by ``torch.profiler`` after one warm-up pass,
+    gradients set to None before (as ``zero_grad(set_to_none=True)`` leaves them):
+
+    * ``ops``: every ``aten::`` operator call the profiler records, nested ones included (``aten::linear`` and the
+      ``aten::addmm`` it calls count as two);
+    * ``ops_top``: the calls made by the block's Python code and by the autograd engine (not nested in another
+      operator);
+    * ``ops_compute``: the calls, at any level, that are not views, reshapes or allocations (``VIEW_OPS``): the ones
+      that read or write tensor data, the closest CPU proxy for kernel launches on a GPU.
+
+    For a compiled config the block is the compiled one (the compiled code runs as few operators, plus the GEMMs and
+    attention kernels it calls)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    encoder = getattr(bench.model, "encoder", bench.model)
+    block = encoder.blocks[0]
+    seen: dict[str, torch.Tensor] = {}
+    handle = block.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0].detach().clone()))
+    with torch.no_grad(), torch.compiler.set_stance("force_eager"):  # the hook runs eagerly, even on a compiled block
+        bench.forward_loss()
+    handle.remove()
+    x = seen["x"].float().requires_grad_()
+    grad = torch.randn_like(x)  # a dense output gradient, as a loss downstream gives (``sum()`` would expand ones)
+
+    def once() -> None:
+        block.zero_grad(set_to_none=True)
+        x.grad = None
+        block(x).backward(grad)
+
+    once()
+    once()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        once()
+    block.zero_grad(set_to_none=True)
+    events = [e for e in prof.events() if e.name.startswith("aten::")]
+    top = [e for e in events if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
+    compute = [e for e in events if e.name not in VIEW_OPS]
+    return {"ops": len(events), "ops_top": len(top), "ops_compute": len(compute), "block_input": list(x.shape)}
 
 
 # ---- peak memory --------------------------------------------------------------------------------------------------
@@ -257,30 +332,45 @@ def peak_memory(cfg: RunConfig) -> dict:
 
 # ---- timing several configs, interleaved ------------------------------------------------------------------------
 def run_interleaved(cfgs: list[RunConfig], iters: int, warmup: int, memory: bool = True,
-                    log: Callable[[str], None] | None = None) -> list[dict]:
+                    log: Callable[[str], None] | None = None, ops: bool = False) -> list[dict]:
     """Build every config, warm each up, then time ``iters`` rounds of one step per config in turn (so drifts in
-    machine load hit all configs alike). Step time is the median over the rounds."""
-    benches = []
+    machine load hit all configs alike). Step time is the median over the rounds. ``ops``: also count the operators
+    of one block (:func:`block_op_counts`)."""
+    benches, outputs = [], []
     for cfg in cfgs:
         if log:
             log(f"building {cfg.label}")
         bench = build(cfg)
+        outputs.append(bench.features())  # before any optimiser step: configs that differ only in impl share weights
         for _ in range(warmup):
             bench.step()
         benches.append(bench)
     times: list[list[float]] = [[] for _ in benches]
+    cpu_times: list[list[float]] = [[] for _ in benches]
     for i in range(iters):
         for j, bench in enumerate(benches):
-            times[j].append(timed_step(bench))
+            wall, cpu = timed_step(bench)
+            times[j].append(wall)
+            cpu_times[j].append(cpu)
         if log:
             log(f"round {i + 1}/{iters}: " + " ".join(f"{t[-1]:.3f}s" for t in times))
     results = []
-    for bench, ts in zip(benches, times):
+    for bench, ts, cs in zip(benches, times, cpu_times):
         med = statistics.median(ts)
         row = dict(dataclasses.asdict(bench.cfg), label=bench.cfg.label, params_m=round(bench.params / 1e6, 3),
                    step_time_s=round(med, 4), step_times_s=[round(t, 4) for t in ts],
+                   step_cpu_s=round(statistics.median(cs), 4),
                    clips_per_s=round(bench.cfg.batch / med, 3), saved_mb=saved_tensor_mb(bench))
+        if ops:
+            row["block_ops"] = block_op_counts(bench)
         results.append(row)
+    ignore = {"impl", "compile"}
+    for j, (row, bench) in enumerate(zip(results, benches)):
+        # Compared with the first earlier config that differs only in impl / compile (same weights and clips).
+        twin = next((i for i in range(j) if all(getattr(benches[i].cfg, f.name) == getattr(bench.cfg, f.name)
+                                                for f in dataclasses.fields(RunConfig) if f.name not in ignore)), None)
+        row["max_abs_diff"] = None if twin is None else float((outputs[j] - outputs[twin]).abs().max())
+        row["diff_vs"] = None if twin is None else results[twin]["label"]
     del benches
     gc.collect()
     for row, cfg in zip(results, cfgs):
@@ -304,24 +394,44 @@ def ratios(rows: list[dict]) -> list[dict]:
     for r in rows:
         out.append({"label": r["label"],
                     "time_ratio": round(r["step_time_s"] / first["step_time_s"], 3),
+                    "cpu_time_ratio": (round(r["step_cpu_s"] / first["step_cpu_s"], 3)
+                                       if r.get("step_cpu_s") and first.get("step_cpu_s") else None),
                     "memory_ratio": (round(r["peak_mb"] / first["peak_mb"], 3)
                                      if r.get("peak_mb") and first.get("peak_mb") else None),
                     "saved_ratio": (round(r["saved_mb"] / first["saved_mb"], 3)
                                     if r.get("saved_mb") and first.get("saved_mb") else None)})
+        if r.get("block_ops") and first.get("block_ops"):
+            out[-1]["ops_ratio"] = {k: round(r["block_ops"][k] / first["block_ops"][k], 3)
+                                    for k in ("ops", "ops_top", "ops_compute")}
     return out
 
 
 def format_table(rows: list[dict]) -> str:
     rel = ratios(rows)
-    head = (f"{'config':72s} {'params':>8s} {'step s':>8s} {'clips/s':>8s} {'peak MiB':>9s} {'saved MiB':>9s} "
-            f"{'time x':>7s} {'mem x':>6s}")
+    head = (f"{'config':90s} {'params':>8s} {'step s':>8s} {'clips/s':>8s} {'peak MiB':>9s} {'saved MiB':>9s} "
+            f"{'time x':>7s} {'cpu x':>6s} {'mem x':>6s}")
     lines = [head, "-" * len(head)]
     for r, q in zip(rows, rel):
         peak = "-" if r.get("peak_mb") is None else f"{r['peak_mb']:.0f}"
         saved = "-" if r.get("saved_mb") is None else f"{r['saved_mb']:.0f}"
         mem = "-" if q["memory_ratio"] is None else f"{q['memory_ratio']:.2f}"
-        lines.append(f"{r['label'][:72]:72s} {r['params_m']:7.2f}M {r['step_time_s']:8.3f} {r['clips_per_s']:8.2f} "
-                     f"{peak:>9s} {saved:>9s} {q['time_ratio']:7.2f} {mem:>6s}")
+        cpu = "-" if q.get("cpu_time_ratio") is None else f"{q['cpu_time_ratio']:.2f}"
+        lines.append(f"{r['label'][:90]:90s} {r['params_m']:7.2f}M {r['step_time_s']:8.3f} {r['clips_per_s']:8.2f} "
+                     f"{peak:>9s} {saved:>9s} {q['time_ratio']:7.2f} {cpu:>6s} {mem:>6s}")
+    diffs = [r for r in rows if r.get("max_abs_diff") is not None]
+    if diffs:
+        lines += ["", "encoder outputs before training, max |difference| from the same config's first row:"]
+        lines += [f"  {r['max_abs_diff']:.2e}  {r['label']}" for r in diffs]
+    if any(r.get("block_ops") for r in rows):
+        head = (f"{'operators in one block, forward + backward':90s} {'all':>8s} {'top':>8s} {'compute':>8s} "
+                f"{'ratios':>20s}")
+        lines += ["", head, "-" * len(head)]
+        for r, q in zip(rows, rel):
+            c = r.get("block_ops")
+            if not c:
+                continue
+            ratio = "/".join(f"{v:.2f}" for v in q["ops_ratio"].values()) if q.get("ops_ratio") else "-"
+            lines.append(f"{r['label'][:90]:90s} {c['ops']:8d} {c['ops_top']:8d} {c['ops_compute']:8d} {ratio:>20s}")
     return "\n".join(lines)
 
 

@@ -196,7 +196,7 @@ def parse_overrides(args: Sequence[str], cls: type, aliases: Mapping[str, str] |
                 pass  # an alias for a section this run does not have: report the name as given
         tp = _leaf_type(cls, key)
         if not eq:
-            if tp is bool and (i + 1 >= len(args) or args[i + 1].startswith("--")):
+            if _takes_bool(tp) and (i + 1 >= len(args) or args[i + 1].startswith("--")):
                 value = "true"
             elif i + 1 < len(args):
                 i += 1
@@ -210,6 +210,11 @@ def parse_overrides(args: Sequence[str], cls: type, aliases: Mapping[str, str] |
         node[parts[-1]] = value
         i += 1
     return out
+
+
+def _takes_bool(tp: Any) -> bool:
+    """A boolean leaf, or a union that accepts booleans (``bool | str``): a bare flag sets it to true."""
+    return tp is bool or bool in typing.get_args(tp)
 
 
 def _leaf_type(cls: type, key: str) -> Any:
@@ -328,7 +333,8 @@ class RunConfig:
     image_every: int = 100              # steps between reconstruction images (0: never)
     max_nonfinite: int = 10             # consecutive non-finite losses before aborting
     max_steps_per_epoch: int = 0        # 0: the whole epoch (a cap is for smoke runs and tests)
-    compile: bool = False               # torch.compile the model
+    compile: bool | str = "auto"        # torch.compile: auto (on for CUDA, off on CPU) | true | false
+                                        # (mode, CUDA graphs and cache: lgiformer/engine/compile.py)
     grad_checkpointing: bool = False
     progress: bool = True
     tensorboard: bool = True
@@ -340,6 +346,8 @@ class RunConfig:
             raise ConfigError(f"run.precision: expected auto, bf16, fp16 or fp32, got {self.precision!r}")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"run.zero_stage: expected 0-3, got {self.zero_stage}")
+        if not isinstance(self.compile, bool) and self.compile != "auto":
+            raise ConfigError(f"run.compile: expected a boolean (true/false) or auto, got {self.compile!r}")
         if self.max_nonfinite < 1 or self.keep_last < 1 or self.log_every < 1:
             raise ConfigError("run.max_nonfinite, run.keep_last and run.log_every must be >= 1")
 

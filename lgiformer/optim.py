@@ -2,8 +2,11 @@
 ``group_matcher``) through timm's helpers.
 
 No weight decay on biases, norms, representative tokens, the mask token and position tables (the reference decayed
-the representative tokens through a name mismatch: docs/REFERENCE.md#defect-2). Layer-wise lr decay for finetuning puts
-``lr_scale`` in every group; the schedules multiply by it.
+the representative tokens through a name mismatch: docs/REFERENCE.md#defect-2). Layer-wise lr decay for finetuning
+puts an ``lr_scale`` in every group; the schedules multiply by it (``lgiformer.engine.schedules.apply_schedule``).
+
+Groups whose hyperparameters are identical are merged: an optimiser step costs a few kernel launches per group
+(fused or multi-tensor AdamW works group by group), and merging changes no update.
 """
 from __future__ import annotations
 
@@ -19,4 +22,17 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | Non
         groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=skip)
     for group in groups:
         group.setdefault("lr_scale", 1.0)
-    return groups
+    return merge_identical_groups(groups)
+
+
+def merge_identical_groups(groups: list[dict]) -> list[dict]:
+    """One group per distinct set of hyperparameters (every key but ``params``), in order of first appearance; the
+    parameters keep their order inside each group."""
+    merged: dict[tuple, dict] = {}
+    for group in groups:
+        key = tuple(sorted((k, repr(v)) for k, v in group.items() if k != "params"))
+        if key in merged:
+            merged[key]["params"] = list(merged[key]["params"]) + list(group["params"])
+        else:
+            merged[key] = dict(group, params=list(group["params"]))
+    return list(merged.values())

@@ -65,18 +65,24 @@ def test_throughput_json_on_a_tiny_config(capsys):
 
     throughput.main(["--model", "lgiformer_tiny_patch16_160", "--frames", "4", "--img-size", "32", "--depth", "1",
                      "--region", "1x1x2", "--batch", "1", "--iters", "1", "--warmup", "0", "--threads", "1",
-                     "--no-memory", "--json",
-                     "--compare", "lgiformer_tiny_patch16_160", "lgiformer_tiny_patch16_160:impl=reference",
-                     "vit_tiny_patch16_160:mode=pretrain"])
+                     "--no-memory", "--json", "--ops",
+                     "--compare", "lgiformer_tiny_patch16_160:impl=baseline", "lgiformer_tiny_patch16_160",
+                     "lgiformer_tiny_patch16_160:impl=reference", "vit_tiny_patch16_160:mode=pretrain"])
     result = json.loads(capsys.readouterr().out)
     assert {"environment", "iters", "warmup", "results", "ratios"} <= set(result)
     rows = result["results"]
-    assert [r["impl"] for r in rows] == ["ours", "reference", "ours"] and rows[2]["mode"] == "pretrain"
+    assert [r["impl"] for r in rows] == ["baseline", "ours", "reference", "ours"] and rows[3]["mode"] == "pretrain"
     for r in rows:
         assert {"label", "model", "mode", "batch", "params_m", "step_time_s", "clips_per_s", "peak_mb",
-                "saved_mb", "memory_method"} <= set(r)
+                "saved_mb", "memory_method", "block_ops", "max_abs_diff"} <= set(r)
         assert r["step_time_s"] > 0 and r["clips_per_s"] > 0 and r["saved_mb"] > 0
+        assert r["block_ops"]["ops"] > r["block_ops"]["ops_compute"] > 0 and r["block_ops"]["ops_top"] > 0
     assert result["ratios"][0]["time_ratio"] == 1.0
+    # The lean block launches fewer operators than the baseline block, and computes the same features.
+    assert result["ratios"][1]["ops_ratio"]["ops_compute"] < 1.0
+    assert rows[1]["max_abs_diff"] <= 1e-5 and rows[2]["max_abs_diff"] <= 1e-4
+    assert rows[0]["max_abs_diff"] is None and rows[3]["max_abs_diff"] is None  # nothing to compare them with
+    assert rows[1]["block_ops"]["block_input"] == [1, 4, 1 + 2, 192]  # 4 regions of 2 tokens (2 x 2 x 2 grid)
 
 
 def test_memory_probe_reports_a_positive_peak():
@@ -152,3 +158,69 @@ def test_dataloader_benchmark_compares_repeated_sampling(tmp_path, capsys):
     assert sources == ["mp4 (decord), pretrain transform", "mp4 (decord), pretrain transform, 2 views per video",
                        "mp4 (pyav), pretrain transform", "jpg frame folders, finetune transform (no RandAugment)"]
     assert all(row["clips_per_s"] > 0 and row["workers"] == 0 for row in out["loaders"])
+
+
+def test_gpu_check_peak_table_names_the_right_gpu():
+    from benchmarks.gpu_check import peak_tflops
+
+    assert peak_tflops("NVIDIA H100 80GB HBM3", None)[0] == 989.0
+    assert peak_tflops("NVIDIA H100 PCIe", None)[0] == 756.0
+    assert peak_tflops("NVIDIA H200", None)[0] == 989.0
+    assert peak_tflops("NVIDIA A100-SXM4-80GB", None)[0] == 312.0
+    assert peak_tflops("NVIDIA L40S", None)[0] == 362.0 and peak_tflops("NVIDIA L4", None)[0] == 121.0
+    assert peak_tflops("NVIDIA A10G", None)[0] is None        # no published dense bf16 figure: ask for one
+    assert peak_tflops("Some Future GPU", None)[0] is None
+    assert peak_tflops("NVIDIA A10G", 70.0) == (70.0, "--peak-tflops")
+
+
+def test_gpu_check_script_plans_every_row_within_its_budget(tmp_path):
+    import os
+    import subprocess
+
+    env = dict(os.environ, PYTHON=sys.executable, OUT_DIR=str(tmp_path))
+    out = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run", "--peak-tflops", "989"],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    lines = out.strip().splitlines()
+    assert lines[-1].startswith("20 rows; peak 989.0 TFLOP/s") and "budget 450 s" in lines[-1]
+    for model in ("lgiformer_base_patch16_160", "vit_base_patch16_160"):
+        for mode, batch in (("finetune", 32), ("pretrain", 128)):
+            for runner in ("plain", "engine"):
+                for compiled in ("", " compiled"):
+                    assert f"{model} {mode} b{batch} {runner}{compiled}" in lines
+
+
+def test_gpu_check_runs_on_cpu_with_tiny_models(tmp_path, capsys, monkeypatch):
+    """The GPU script's every runner (plain loop, DeepSpeed engine called directly, the training loop), both models
+    and both modes, on tiny models on the CPU: it cannot rot between GPU loans."""
+    from benchmarks import gpu_check
+
+    monkeypatch.setenv("LGIFORMER_COMPILE_CACHE", str(tmp_path / "compile_cache"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+
+    out = tmp_path / "gpu_check.json"
+    result = gpu_check.main(["--device", "cpu", "--tiny", "--skip-compiled", "--steps", "1", "--repeats", "1",
+                             "--warmup", "1", "--peak-tflops", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    rows = result["rows"]
+    assert len(rows) == 12 and not any(r.get("error") or r.get("skipped") for r in rows)
+    assert {(r["model"], r["mode"], r["runner"]) for r in rows} == {
+        (m, mode, runner) for m in ("lgiformer_tiny_patch16_160", "vit_tiny_patch16_160")
+        for mode in ("finetune", "pretrain") for runner in ("plain", "engine-bare", "engine")}
+    for r in rows:
+        assert r["step_s"] > 0 and r["gflop_per_step"] > 0
+        assert r["mfu"] == pytest.approx(r["gflop_per_step"] * 1e9 / r["step_s"] / 1e12, rel=1e-2)  # peak 1 TFLOP/s
+    assert all(r["profile"]["aten_ops"] > 0 for r in rows if r["runner"] == "plain")
+    eager = result["summary"]["plain eager"]
+    lgi = next(r for r in rows if r["model"].startswith("lgi") and r["mode"] == "finetune" and r["runner"] == "plain")
+    vit = next(r for r in rows if r["model"].startswith("vit") and r["mode"] == "finetune" and r["runner"] == "plain")
+    assert eager["lgi_vit_finetune_step_ratio"] == round(lgi["step_s"] / vit["step_s"], 3)
+    assert eager["lgi_vit_finetune_step_ratio_met"] == (eager["lgi_vit_finetune_step_ratio"] <= 0.7)
+    assert set(result["summary"]["engine eager"]["engine_vs_plain_overhead_each"]) == {
+        f"{m} {mode}" for m in ("lgiformer_tiny_patch16_160", "vit_tiny_patch16_160") for mode in ("finetune", "pretrain")}
+    assert set(result["attention_kernels"]) == set(gpu_check.ATTENTION_SHAPES)
+    assert all(r["sdpa_ms"] > 0 and r["explicit_ms"] > 0 for r in result["attention_kernels"].values())
+    overhead = result["engine_overhead"]["rows"]
+    assert overhead["DeepSpeed engine.step (now)"]["ops"] == overhead["plain loop: opt.step + zero_grad"]["ops"]
+    assert overhead["DeepSpeed engine.step, clipping at 1.0 (the old default)"]["ops"] > \
+        overhead["DeepSpeed engine.step (now)"]["ops"]
+    assert "engine eager:" in capsys.readouterr().out

@@ -220,3 +220,27 @@ def test_base_sizes():
     n = sum(p.numel() for p in model.parameters())
     assert abs(n - 84.88e6) / 84.88e6 < 0.01
     assert (model.embed_dim, len(model.blocks), model.layout.region) == (512, 16, (2, 5, 10))
+
+
+def test_param_groups_merge_identical_hyperparameters_and_keep_every_parameter_once():
+    from lgiformer.optim import merge_identical_groups
+
+    model = create_model("lgiformer_tiny_patch16_160", num_classes=3, region_size=(1, 1, 2), **TINY)
+    every = [id(p) for p in model.parameters()]
+    for wd, ld, expected in [(0.05, None, 2), (0.0, None, 1), (0.05, 0.5, None), (0.0, 0.5, None)]:
+        groups = param_groups(model, wd, layer_decay=ld)
+        ids = [id(p) for g in groups for p in g["params"]]
+        assert sorted(ids) == sorted(every) and len(ids) == len(set(ids))
+        keys = [(g["lr_scale"], g["weight_decay"]) for g in groups]
+        assert len(keys) == len(set(keys)), "no two groups share their hyperparameters"
+        if expected is not None:
+            assert len(groups) == expected
+    # Layer decay: one group per (scale, decay) pair; without weight decay the decay/no-decay split disappears.
+    scales = {g["lr_scale"] for g in param_groups(model, 0.05, layer_decay=0.5)}
+    assert len(param_groups(model, 0.0, layer_decay=0.5)) == len(scales)
+    a, b, c = (torch.nn.Parameter(torch.zeros(1)) for _ in range(3))
+    merged = merge_identical_groups([{"params": [a], "lr_scale": 0.5, "weight_decay": 0.0},
+                                     {"params": [b], "lr_scale": 1.0, "weight_decay": 0.0},
+                                     {"params": [c], "lr_scale": 0.5, "weight_decay": 0.0}])
+    assert [[id(p) for p in g["params"]] for g in merged] == [[id(a), id(c)], [id(b)]]
+    assert [g["lr_scale"] for g in merged] == [0.5, 1.0]

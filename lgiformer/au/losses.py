@@ -241,7 +241,7 @@ class BernoulliKDLoss(nn.Module):
 
 class OKDLoss(_AULoss):
     """OKD loss (AU_METHODS.md#online-kd): ``sum_{o,m,t} WBCE(P_s) + kd_weight sum_{o,m} KL(P_t || P_s)``, kd_weight 0.2
-    [FT]. Reads ``out["aux"]`` = {"o2o", "o2m", "teacher"} from :class:`lgiformer.au.heads.FanTransOKDHead`."""
+    [FT]. Reads ``out["aux"]`` = {"o2o", "o2m", "teacher"} from :class:`lgiformer.heads.FanTransOKDHead`."""
 
     def __init__(self, rates: Optional[Tensor] = None, au_weighting: str = "inverse_freq",
                  max_weight: Optional[float] = None, kd_weight: float = 0.2, detach_teacher: bool = True,

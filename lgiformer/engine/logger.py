@@ -15,29 +15,46 @@ import torch
 
 
 class MeanMeter:
-    """Running means of named scalars over finite values; ``nonfinite`` counts the rest."""
+    """Running means of named scalars over finite values; ``nonfinite`` counts the rest. Tensors are kept as they are
+    until a mean is read (a log step, the end of the epoch), so updating costs no host-device sync per step."""
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = defaultdict(float)
-        self.counts: dict[str, int] = defaultdict(int)
+        self._counts: dict[str, int] = defaultdict(int)
         self.nonfinite: dict[str, int] = defaultdict(int)
+        self._pending: dict[str, list] = defaultdict(list)
 
     def update(self, **values: float | torch.Tensor | None) -> None:
         for key, value in values.items():
-            if value is None:
-                continue
-            value = float(value)
-            if math.isfinite(value):
-                self.sums[key] += value
-                self.counts[key] += 1
-            else:
-                self.nonfinite[key] += 1
+            if value is not None:
+                self._pending[key].append(value)
+
+    def _flush(self) -> None:
+        for key, values in self._pending.items():
+            tensors = [v for v in values if torch.is_tensor(v)]
+            numbers = [float(v) for v in values if not torch.is_tensor(v)]
+            if tensors:
+                numbers += torch.stack([t.float().reshape(()) for t in tensors]).cpu().tolist()  # one sync per key
+            for value in numbers:
+                if math.isfinite(value):
+                    self.sums[key] += value
+                    self._counts[key] += 1
+                else:
+                    self.nonfinite[key] += 1
+        self._pending.clear()
+
+    @property
+    def counts(self) -> dict[str, int]:
+        self._flush()
+        return self._counts
 
     def mean(self, key: str) -> float:
-        return self.sums[key] / self.counts[key] if self.counts[key] else float("nan")
+        self._flush()
+        return self.sums[key] / self._counts[key] if self._counts[key] else float("nan")
 
     def means(self) -> dict[str, float]:
-        return {k: self.mean(k) for k in self.counts}
+        self._flush()
+        return {k: self.mean(k) for k in self._counts}
 
 
 class RunLogger:

@@ -73,10 +73,11 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 9_973 + rank * 7) % (2 ** 63)
 
 
-def _grad_norm(model: torch.nn.Module) -> float | None:
-    """Global L2 norm of the gradients (DeepSpeed only reports one when it clips)."""
-    norms = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
-    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else None
+def _grad_norm(model: torch.nn.Module) -> torch.Tensor | None:
+    """Global L2 norm of the gradients (DeepSpeed only reports one when it clips), as a tensor: one multi-tensor
+    kernel, and no host sync until it is logged."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else None
 
 
 @dataclass
@@ -166,8 +167,8 @@ def train_one_epoch(training: Training, loader: Iterable, step_fn: Callable[[Any
                     state.skipped_steps += 1
                 grad_norm = engine.get_global_grad_norm()  # None unless DeepSpeed computed it (clipping, ZeRO)
                 grad_norm = own_norm if grad_norm is None else grad_norm
-                meter.update(grad_norm=None if grad_norm is None else float(grad_norm))
-            meter.update(**{k: v.detach().float() for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1})
+                meter.update(grad_norm=grad_norm)
+            meter.update(**{k: v.detach() for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1})
         state.batch_in_epoch += 1
         window_clips += training.clips_per_batch
         meter.update(data_time=data_time)

@@ -23,6 +23,7 @@ from lgiformer.data import build_loader, get_dataset_spec, set_epoch
 from lgiformer.data.synthetic import ensure_synthetic, resolve_root
 from lgiformer.distributed import DistEnv, barrier, destroy, init_distributed
 from lgiformer.engine import ds
+from lgiformer.engine.compile import compile_engine
 from lgiformer.engine.checkpointer import Checkpointer, claim_output_dir, read_fp32_state_dict
 from lgiformer.engine.logger import RunLogger
 from lgiformer.engine.loop import LoopState, Preemption, Training, train_one_epoch
@@ -134,8 +135,7 @@ def build_training(model: nn.Module, param_groups: list[dict], run: RunConfig, o
                                       micro_batch=run.batch_size, accum_steps=optim.accum_steps,
                                       world_size=env.world_size, precision=precision, zero_stage=run.zero_stage,
                                       clip_grad=optim.clip_grad)
-    if run.compile:
-        engine.compile()
+    compile_engine(engine, run.compile, env.device)
     steps_per_epoch = batches_per_epoch // optim.accum_steps
     total = optim.epochs * steps_per_epoch
     lr_values = cosine_schedule(lr, min_lr, total, int(round(optim.warmup_epochs * steps_per_epoch)), warmup_lr)

@@ -35,8 +35,17 @@ class Block(nn.Module):
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
+        self.mlp = make_mlp(dim, mlp_ratio, drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def make_mlp(dim: int, mlp_ratio: float = 4.0, drop: float = 0.0) -> Mlp:
+    """timm's GELU ``Mlp`` (state-dict names ``fc1``, ``fc2``), without its Dropout calls when the rate is zero: a
+    zero-rate Dropout is still one operator per call in training."""
+    mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
+    if drop == 0:
+        mlp.drop1 = mlp.drop2 = nn.Identity()
+    return mlp

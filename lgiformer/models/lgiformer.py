@@ -7,7 +7,9 @@ token. Each block runs, pre-norm with residual and DropPath:
   3. local-global cross-attention: every local token queries all representative tokens,
   4. one FFN shared by all tokens.
 All regions of all clips go through each attention step as one batched call. Between blocks the state is one
-tensor [B, R, 1 + M, C] (the representative token first in every region), so no slice assignment is ever needed.
+tensor [B, R, 1 + M, C] (the representative token first in every region), and it is never split and re-joined:
+step 3 runs its queries over the whole state (the R representative slots are 1 % extra queries whose answers are
+overwritten by step 2's result in place), so no block copies the state to separate or merge the two kinds of token.
 State-dict names follow the reference implementation, so its checkpoints load one-to-one.
 """
 from __future__ import annotations
@@ -15,12 +17,12 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from lgiformer.layers import Attention, PatchEmbed3d
+from lgiformer.layers import Attention, PatchEmbed3d, make_mlp
 from lgiformer.models.base import TIMM_FACTORY_KWARGS, VideoEncoder, init_weights, pretrained_cfg_for
 from lgiformer.tokens import TokenLayout, sinusoid_table
 
@@ -39,22 +41,23 @@ class LGIBlock(nn.Module):
         self.third_attn = Attention(dim, **attn)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
+        self.mlp = make_mlp(dim, mlp_ratio, drop)
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         """s: [B, R, 1 + M, C], the representative token at index 0 of every region."""
         b, r, n, c = s.shape
         # 1. Local: all B * R regions in one attention call.
         s = s + self.drop_path(self.first_attn(self.first_attn_norm0(s).view(b * r, n, c)).view(b, r, n, c))
-        rep, local = s[:, :, 0], s[:, :, 1:]
-        # 2. Global: representative tokens attend to each other.
+        # 2. Global: representative tokens attend to each other (a strided view: R tokens per clip, no copy).
+        rep = s[:, :, 0]
         rep = rep + self.drop_path(self.second_attn(self.second_attn_norm0(rep)))
-        # 3. Local-global: every local token of the clip queries all representative tokens.
-        cross = self.third_attn(self.third_attn_norm0(local).reshape(b, r * (n - 1), c), self.third_attn_norm1(rep))
-        local = local + self.drop_path(cross.view(b, r, n - 1, c))
+        # 3. Local-global: every token of the clip queries all representative tokens. The representative slots'
+        #    own answers are discarded: their residual is step 2's, written over them in place.
+        cross = self.third_attn(self.third_attn_norm0(s).view(b, r * n, c), self.third_attn_norm1(rep))
+        s = s + self.drop_path(cross.view(b, r, n, c))
+        s[:, :, 0] = rep
         # 4. Shared FFN.
-        s = torch.cat((rep.unsqueeze(2), local), dim=2)
-        return s + self.drop_path(self.mlp(self.norm2(s)))
+        return s + self.drop_path(self.mlp(self.norm2(s).view(-1, c)).view(b, r, n, c))
 
 
 class LGIFormer(VideoEncoder):
@@ -94,6 +97,10 @@ class LGIFormer(VideoEncoder):
         self.register_buffer("pos_embed", layout.to_region_major(
             sinusoid_table(layout.num_tokens, embed_dim), dim=0), persistent=False)
         self.lg_region_tokens = nn.Parameter(torch.zeros(layout.num_regions, embed_dim))
+        # Token orders as device buffers, so the forward pass never copies an index from the host (a stream sync).
+        self.register_buffer("region_major_index", layout.region_major_to_raster.clone(), persistent=False)
+        self.register_buffer("output_index", _output_index(layout.num_regions, layout.tokens_per_region + 1,
+                                                           raster=layout.raster_to_region_major), persistent=False)
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.ModuleList(
@@ -107,29 +114,42 @@ class LGIFormer(VideoEncoder):
 
     # ---- forward ----------------------------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.layout.to_region_major(self.patch_embed(x)) + self.pos_embed.to(x.dtype)
+        x = self.patch_embed(x).index_select(1, self.region_major_index) + self.pos_embed.to(x.dtype)
         b, n, c = x.shape
         if mask is not None:
             visible = ~mask
             per_region = visible.view(b, self.layout.num_regions, -1).sum(-1)
-            if not bool((per_region == per_region[0, 0]).all()):
+            balanced = (per_region == per_region[0, 0]).all()
+            x = x[visible]  # waits for the device once; the check below then reads an already computed flag
+            if not bool(balanced):
                 raise ValueError("LGI-Former needs the same number of visible tokens in every region of every clip; "
                                  "use mask_type='region_balanced'")
-            x = x[visible].view(b, -1, c)
+            x = x.view(b, -1, c)
         x = self.layout.split_regions(self.pos_drop(x))
         s = torch.cat((self.lg_region_tokens.expand(b, -1, -1).unsqueeze(2), x), dim=2)
         for blk in self.blocks:
             s = checkpoint(blk, s, use_reentrant=False) if self.grad_checkpointing and self.training else blk(s)
-        rep, local = s[:, :, 0], s[:, :, 1:].flatten(1, 2)
-        if mask is None:
-            local = self.layout.to_raster(local)
-        return self.norm(torch.cat((rep, local), dim=1))
+        # [representative tokens, local tokens] in one gather: raster order for all tokens, region-major for visible.
+        order = self.output_index if mask is None else _output_index(s.shape[1], s.shape[2], s.device)
+        return self.norm(s.flatten(1, 2).index_select(1, order))
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         r = self.num_prefix_tokens
         if self.global_pool == "region":
             return x[:, :r].mean(1)
         return x[:, r:].mean(1) if self.global_pool == "local" else x.mean(1)
+
+
+def _output_index(num_regions: int, region_len: int, device: torch.device | str = "cpu",
+                  raster: torch.Tensor | None = None) -> torch.Tensor:
+    """Where ``forward_features``' outputs sit in the flattened state [B, R * (1 + M), C]: the R representative
+    tokens, then the local tokens region-major (``raster``: reordered by this region-major-position-per-raster-index
+    table)."""
+    slots = torch.arange(num_regions * region_len, device=device).view(num_regions, region_len)
+    local = slots[:, 1:].flatten()
+    if raster is not None:
+        local = local[raster.to(device)]
+    return torch.cat((slots[:, 0], local))
 
 
 def _create_lgiformer(variant: str, pretrained: bool = False, **kwargs) -> LGIFormer:
