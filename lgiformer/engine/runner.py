@@ -61,12 +61,13 @@ def _run(cfg: Any, task_cls: type[Task], env: DistEnv, logger: RunLogger) -> dic
     records = fit(training, cfg.run, cfg.optim, loader, task, checkpointer)
     model, selection = checkpointer.best.select(training.model, task.select, cfg.optim.epochs, f"val_{task.score}")
     result: dict[str, Any] = dict(epochs=records, selection=selection)
-    best = checkpointer.best
-    chosen = best.info.get("metrics") if selection["select"] == "best_val" else None
+    chosen = checkpointer.best.info.get("metrics") if selection["select"] == "best_val" else None
     result.update(task.finish(model, selection, training, chosen))
     release_dir = getattr(cfg, "release_dir", "")
-    state_dict = read_fp32_state_dict(checkpointer.latest()) if cfg.run.zero_stage == 3 else None
-    published = task.release(model, result, state_dict) if release_dir != "none" else None
+    published = None
+    if release_dir != "none":  # under ZeRO 3 the weights are whole only in the last checkpoint
+        state_dict = read_fp32_state_dict(checkpointer.latest()) if cfg.run.zero_stage == 3 else None
+        published = task.release(model, result, state_dict)
     if published is not None and env.is_main:
         module, weights, fields = published
         out = Path(release_dir or Path(cfg.run.output_dir) / "release")
