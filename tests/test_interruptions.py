@@ -1,4 +1,5 @@
-"""Preemption and worker failure as a cluster meets them, with real torchrun processes on CPU (gloo).
+"""Interruptions as a cluster meets them: Slurm's time limit, a worker killed under torchrun, a kill during a
+save. Real processes on CPU (torchrun with gloo for the multi-process ones).
 
 The Slurm tests run the real batch scripts with stand-in ``srun`` (runs its command in its own place, so a signal
 sent to it reaches the torchrun agent, as srun forwards it) and ``scontrol`` (``show hostnames`` prints localhost,
@@ -230,3 +231,43 @@ def test_a_torchrun_launch_with_restarts_but_a_shared_store_is_warned_about(monk
     assert "set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in elastic_restart_warning()
     monkeypatch.setenv("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     assert elastic_restart_warning() is None
+
+
+KILL_MID_SAVE = """
+import os, runpy, signal, sys
+import torch
+
+real_save = torch.save
+
+
+def save(obj, f, *args, **kwargs):  # DeepSpeed writes every checkpoint file with torch.save
+    real_save(obj, f, *args, **kwargs)
+    if "/.tmp_epoch0002" in str(f):  # the first file of the second checkpoint: cut it short and die
+        os.truncate(f, os.path.getsize(f) // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+torch.save = save
+sys.argv = ["pretrain/run.py", *sys.argv[1:]]
+runpy.run_path("pretrain/run.py", run_name="__main__")
+"""
+
+
+def test_sigkill_in_the_middle_of_a_save_leaves_the_previous_checkpoint_and_resume_ends_with_the_same_weights(
+        tmp_path, synthetic):
+    """One process, killed while DeepSpeed writes the second checkpoint (its first file half written). The
+    half-written save is never read; resume continues from the first checkpoint and ends with the weights of the
+    uninterrupted run, bit for bit; the next save clears the leftover."""
+    from lgiformer.engine.checkpointer import complete_checkpoints
+
+    single = ("--run.batch_size", "2")  # 1 process x 2 clips: 4 steps per epoch, as in the 2-process runs
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    run(_args(full, synthetic, *single))
+    killed = run(["-c", KILL_MID_SAVE, *_args(cut, synthetic, *single)[1:]], check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert [c.name for c in complete_checkpoints(cut / "checkpoints")] == ["epoch0001_step00000004"]
+    partial = cut / "checkpoints" / ".tmp_epoch0002_step00000008"
+    assert [p.name for p in partial.iterdir()] == ["mp_rank_00_model_states.pt"]
+    run(_args(cut, synthetic, *single, "--run.resume", "auto"))
+    assert not partial.exists()
+    _assert_same_weights(cut, _weights(full))
