@@ -37,8 +37,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from lgiformer.config import from_dict  # noqa: E402
-from lgiformer.data import (AUFrameWindows, VideoClassificationDataset, VideoPretrainDataset, build_loader,  # noqa: E402
-                            ensure_synthetic, read_au_csv, read_video_list)
+from lgiformer.data import (  # noqa: E402
+    AUFrameWindows, VideoClassificationDataset, VideoPretrainDataset, build_loader, ensure_synthetic, read_au_csv,
+    read_video_list)
 from lgiformer.engine.checkpointer import complete_checkpoints, read_client_state, read_fp32_state_dict  # noqa: E402
 from lgiformer.inference import evaluate, evaluate_au  # noqa: E402
 from lgiformer.models import build_model, build_pretrain_model  # noqa: E402
