@@ -88,8 +88,12 @@ def initialize(model: nn.Module, param_groups: Sequence[dict], *, lr: float, bet
     use_environment_extensions()
     report_stale_build_locks()
     import deepspeed
+    from deepspeed.accelerator import get_accelerator
 
-    deepspeed.ops.__compatible_ops__[SHM_OP] = False  # DeepSpeed's own switch for an op it cannot use here
+    # Only DeepSpeed's CPU accelerator has the op; reading the table probes every op (compilers, GPUs), which a GPU
+    # run is spared. Setting it is DeepSpeed's own switch for an op that cannot be built.
+    if get_accelerator().create_op_builder("ShareMemCommBuilder") is not None:
+        deepspeed.ops.__compatible_ops__[SHM_OP] = False
 
     optimizer = torch.optim.AdamW(param_groups, lr=lr, betas=tuple(betas), eps=eps)
     config = deepspeed_config(micro_batch, accum_steps, world_size, precision, zero_stage, clip_grad)
