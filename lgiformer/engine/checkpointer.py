@@ -50,6 +50,7 @@ from lgiformer.provenance import follow_umask
 log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE.json"
+PREEMPTED = "PREEMPTED"   # <output_dir>/PREEMPTED: stopped on SIGTERM after a complete checkpoint (Checkpointer)
 _TAG = re.compile(r"^epoch(\d+)_step(\d+)$")
 
 
@@ -367,7 +368,12 @@ class BestOnValidation:
 
 class Checkpointer:
     """A run's checkpoints: ``<output_dir>/checkpoints`` and ``<output_dir>/best_val``. Resume, periodic saves, the
-    run's identity (pruning touches only its own checkpoints) and the best-on-validation weights live here."""
+    run's identity (pruning touches only its own checkpoints), the best-on-validation weights and the preemption
+    marker live here.
+
+    ``<output_dir>/PREEMPTED`` (JSON: time, checkpoint, Slurm job id) says that the run stopped on SIGTERM after a
+    complete checkpoint, so that resuming continues it. Batch scripts requeue on it (scripts/slurm/requeue.sh), not
+    on an exit code: torchrun exits 1 after a SIGTERM however its workers ended. A run removes it when it starts."""
 
     def __init__(self, output_dir: str | os.PathLike, *, keep_last: int, is_main: bool, keep_best_weights: bool
                  ) -> None:
@@ -376,6 +382,18 @@ class Checkpointer:
         self.keep_last, self.is_main = keep_last, is_main
         self.best = BestOnValidation(output_dir, keep_best_weights, is_main)
         self.run_id = broadcast_object(uuid.uuid4().hex[:12])   # a resumed run takes its checkpoint's
+        if is_main:
+            (self.output_dir / PREEMPTED).unlink(missing_ok=True)
+        barrier()
+
+    def mark_preempted(self, ckpt: Path) -> None:
+        """Rank 0, after ``ckpt`` is complete: write the preemption marker (atomically, flushed to disk)."""
+        if self.is_main:
+            record = dict(time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), checkpoint=str(ckpt),
+                          job_id=os.environ.get("SLURM_JOB_ID"), run_id=self.run_id)
+            _fsync_write(self.output_dir / PREEMPTED, json.dumps(record) + "\n")
+            log.warning("%s written: resume continues from %s", self.output_dir / PREEMPTED, ckpt)
+        barrier()
 
     def resume(self, engine, resume: str, layout: dict[str, int], accum_steps: int) -> tuple[LoopState, dict]:
         """The loop state to continue from (a fresh one without ``resume``) and the checkpoint's state (empty when

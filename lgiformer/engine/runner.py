@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from torch import nn
 from lgiformer.config import OptimConfig, RunConfig, save_config
 from lgiformer.data import build_loader, get_dataset_spec, set_epoch
 from lgiformer.data.synthetic import ensure_synthetic, resolve_root
-from lgiformer.distributed import DistEnv, barrier, destroy, init_distributed
+from lgiformer.distributed import DistEnv, barrier, destroy, elastic_restart_warning, init_distributed
 from lgiformer.engine import ds
 from lgiformer.engine.compile import compile_engine
 from lgiformer.engine.checkpointer import Checkpointer, claim_output_dir, read_fp32_state_dict
@@ -95,6 +96,11 @@ def setup(run: RunConfig, env: DistEnv) -> RunLogger:
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 runs use TF32 tensor cores (as timm / MAE do)
         torch.backends.cudnn.allow_tf32 = True
     log.info("process %d/%d (%s launch) on %s", env.rank, env.world_size, env.launcher, env.device)
+    if env.is_main and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        log.warning("torchrun restarted the worker group (restart %s of %s) after a worker failed",
+                    os.environ["TORCHELASTIC_RESTART_COUNT"], os.environ.get("TORCHELASTIC_MAX_RESTARTS", "?"))
+    if env.is_main and elastic_restart_warning():
+        log.warning(elastic_restart_warning())
     return RunLogger(out, env.is_main, run.tensorboard)
 
 
@@ -171,8 +177,8 @@ def fit(training: Training, run: RunConfig, optim: OptimConfig, loader, task: Ta
     info = dict(task.checkpoint_info(), task=task.name, precision=training.precision, zero_stage=run.zero_stage,
                 world_size=env.world_size, layout=layout)
 
-    def save() -> None:
-        checkpointer.save(training.engine, dict(info, epoch=state.epoch, step=state.step, loop=state.to_dict()))
+    def save() -> Path:
+        return checkpointer.save(training.engine, dict(info, epoch=state.epoch, step=state.step, loop=state.to_dict()))
 
     def on_step(loop_state: LoopState, batch: tuple) -> None:
         task.on_step(training, loop_state, batch)
@@ -182,7 +188,7 @@ def fit(training: Training, run: RunConfig, optim: OptimConfig, loader, task: Ta
             set_epoch(loader, state.epoch, start_step=state.batch_in_epoch)  # skips what this process consumed
             stats = train_one_epoch(training, loader, task.loss, state, preemption, on_step)
             if state.batch_in_epoch < training.batches_per_epoch:  # preempted mid-epoch
-                save()
+                checkpointer.mark_preempted(save())
                 log.warning("stopped by SIGTERM at epoch %d, batch %d: resume with --run.resume auto", state.epoch,
                             state.batch_in_epoch)
                 raise SystemExit(PREEMPTED_EXIT_CODE)
