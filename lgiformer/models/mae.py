@@ -183,11 +183,11 @@ class MaskedVideoAutoencoder(nn.Module):
         return out
 
     @torch.no_grad()
-    def heldout_losses(self, clips: torch.Tensor, mask: torch.Tensor) -> dict[str, dict[str, float]]:
-        """The losses of the model's predictions (``model``) and of two predictors that learn nothing, on the same
-        masked tokens: ``visible_mean`` predicts every masked token's targets as the mean of the clip's visible
-        tokens' targets; ``zero`` predicts zero for every target (no motion; each patch flat at its own mean colour,
-        since targets are normalised per token). A model that learned to reconstruct beats both."""
+    def heldout_losses(self, clips: torch.Tensor, mask: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+        """Per clip ([B] each), the losses of the model's predictions (``model``) and of two predictors that learn
+        nothing, on the same masked tokens: ``visible_mean`` predicts every masked token's targets as the mean of the
+        clip's visible tokens' targets; ``zero`` predicts zero for every target (no motion; each patch flat at its
+        own mean colour, since targets are normalised per token). A model that learned to reconstruct beats both."""
         pred = self.predict(clips, mask).float()
         target = self.build_targets(clips).float()
         visible = (~mask).unsqueeze(-1).to(target.dtype)
@@ -195,7 +195,11 @@ class MaskedVideoAutoencoder(nn.Module):
         masked = target[mask].view(pred.shape)
         predictors = {"model": pred, "visible_mean": mean_visible.expand(-1, mask.shape[1], -1)[mask].view(pred.shape),
                       "zero": torch.zeros_like(pred)}
-        return {name: {k: float(v) for k, v in self.losses(p, masked).items()} for name, p in predictors.items()}
+        out = {}
+        for name, p in predictors.items():
+            per_clip = [self.losses(p[i], masked[i]) for i in range(p.shape[0])]
+            out[name] = {k: torch.stack([c[k] for c in per_clip]) for k in per_clip[0]}
+        return out
 
     @torch.no_grad()
     def reconstruction_images(self, clips: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

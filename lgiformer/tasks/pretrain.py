@@ -228,32 +228,37 @@ class PretrainTask(Task):
         if self.heldout_set is not None and every and (epoch + 1) % every == 0:
             losses, _ = self.heldout_eval(training.model, training)
             out.update({f"heldout/{k}": v for k, v in losses["model"].items()})
+            out.update({f"heldout/wins_{k}": v for k, v in losses["wins"].items()})
         return out
 
     @torch.no_grad()
-    def heldout_eval(self, model: nn.Module, training: Any) -> tuple[dict[str, dict[str, float]], tuple]:
-        """The losses of the model and of the two baselines on every held-out clip (each process evaluates all of
-        them: the set is small, and under ZeRO 3 every process must take part in each forward), and the first
-        held-out clip with its mask."""
+    def heldout_eval(self, model: nn.Module, training: Any) -> tuple[dict[str, Any], tuple]:
+        """The mean losses of the model and of the two baselines over the held-out clips, with ``wins`` (for each
+        baseline, the fraction of clips on which the model's total loss is lower), and the first held-out clip with
+        its mask. Each process evaluates all the clips: the set is small, and under ZeRO 3 every process must take
+        part in each forward."""
         loader = build_loader(self.heldout_set, self.cfg.run.batch_size, shuffle=False, drop_last=False,
                               num_workers=self.cfg.data.num_workers, seed=HELDOUT_SEED, rank=0, world_size=1)
         was_training = model.training
         model.eval()
-        sums: dict[str, dict[str, float]] = {}
-        count, first = 0, ()
+        per_clip: dict[str, dict[str, list[torch.Tensor]]] = {}
+        first = ()
         for batch in loader:
             clips = batch[0].to(self.env.device, training.dtype)
             mask = batch[1].to(self.env.device)
             with training.autocast():
                 losses = model.heldout_losses(clips, mask)
             for name, parts in losses.items():
-                for key, value in parts.items():
-                    sums.setdefault(name, {}).setdefault(key, 0.0)
-                    sums[name][key] += value * clips.shape[0]
-            count += clips.shape[0]
+                for key, values in parts.items():
+                    per_clip.setdefault(name, {}).setdefault(key, []).append(values.float().cpu())
             first = first or (clips[:1], mask[:1])
         model.train(was_training)
-        return {name: {k: v / count for k, v in parts.items()} for name, parts in sums.items()}, first
+        clip_losses = {name: {k: torch.cat(v) for k, v in parts.items()} for name, parts in per_clip.items()}
+        out: dict[str, Any] = {name: {k: float(v.mean()) for k, v in parts.items()}
+                               for name, parts in clip_losses.items()}
+        out["wins"] = {name: float((clip_losses["model"]["loss"] < clip_losses[name]["loss"]).float().mean())
+                       for name in ("visible_mean", "zero")}
+        return out, first
 
     def checkpoint_info(self) -> dict[str, Any]:
         m, d = self.cfg.model, self.cfg.data
@@ -285,7 +290,9 @@ class PretrainTask(Task):
         log.info("  %-28s %s", "predictor", "".join(f"{label:>12}" for label in parts.values()))
         for name, label in PREDICTORS.items():
             log.info("  %-28s %s", label, "".join(f"{losses[name][key]:12.4f}" for key in parts))
-        log.info("  %s", heldout_verdict(losses))
+        log.info("  %s; its total loss is lower on %.0f %% of the clips than the mean of the visible patches' and "
+                 "on %.0f %% than zero's", heldout_verdict(losses), 100 * losses["wins"]["visible_mean"],
+                 100 * losses["wins"]["zero"])
         return dict(heldout=self._heldout)
 
     def release(self, model: nn.Module, result: dict[str, Any], state_dict: dict[str, torch.Tensor] | None
@@ -348,7 +355,10 @@ def heldout_card(heldout: dict[str, Any], image: bool) -> str:
     for name, label in PREDICTORS.items():
         lines.append(f"| {label} | " + " | ".join(f"{heldout[name][key]:.4f}" for key in parts) + " |")
     verdict = heldout_verdict(heldout)
-    lines += ["", verdict[0].upper() + verdict[1:] + "."]
+    wins = heldout["wins"]
+    lines += ["", f"{verdict[0].upper() + verdict[1:]}. Clip by clip, its total loss is lower than the mean of the "
+                  f"visible patches' on {100 * wins['visible_mean']:.0f} % of the held-out clips and lower than "
+                  f"zero's on {100 * wins['zero']:.0f} %."]
     if image:
         lines += ["", "A held-out clip (rows: input, masked input, predicted and true appearance, predicted and true "
                       "motion):", "", "![held-out reconstruction](heldout_reconstruction.png)"]
