@@ -58,7 +58,7 @@ class Task:
     def begin(self, training: Any) -> None:
         """Called once on every process before the first step: hooks the feature sites of the training model
         (``run.feature_batches`` forwards per epoch; 0 turns it off)."""
-        batches = getattr(self.cfg.run, "feature_batches", 0)
+        batches = self.cfg.run.feature_batches
         sites = self.feature_sites(training.model) if batches > 0 else {}
         if sites:
             self.features = FeatureMonitor(training.model, sites, batches)
