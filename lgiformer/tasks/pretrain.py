@@ -347,7 +347,8 @@ def heldout_verdict(losses: dict[str, dict[str, float]]) -> str:
 def heldout_card(heldout: dict[str, Any], image: bool) -> str:
     """The model card's held-out section: the three predictors' losses, the verdict, the image."""
     parts = loss_columns(heldout["model"])
-    lines = [f"Reconstruction loss on {heldout['videos']} videos of the pretraining list that training never saw, "
+    lines = [f"Reconstruction loss of the pretraining model (this encoder with the run's decoder) on "
+             f"{heldout['videos']} videos of the pretraining list that training never saw, "
              f"{heldout['views']} fixed views each (window, crop and mask drawn from seed {heldout['seed']}); lower is "
              "better. The two baselines learn nothing: one predicts every masked patch as the mean of the clip's "
              "visible patches, the other predicts zero (no motion, and each patch flat at its own mean colour).", "",
