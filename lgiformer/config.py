@@ -331,6 +331,7 @@ class RunConfig:
     keep_last: int = 3
     log_every: int = 10                 # micro-batches
     image_every: int = 100              # steps between reconstruction images (0: never)
+    feature_batches: int = 4            # training forwards per epoch whose feature sizes are logged (0: none)
     max_nonfinite: int = 10             # consecutive non-finite losses before aborting
     max_steps_per_epoch: int = 0        # 0: the whole epoch (a cap is for smoke runs and tests)
     compile: bool | str = "auto"        # torch.compile: auto (on for CUDA, off on CPU) | true | false
@@ -350,6 +351,8 @@ class RunConfig:
             raise ConfigError(f"run.compile: expected a boolean (true/false) or auto, got {self.compile!r}")
         if self.max_nonfinite < 1 or self.keep_last < 1 or self.log_every < 1:
             raise ConfigError("run.max_nonfinite, run.keep_last and run.log_every must be >= 1")
+        if self.feature_batches < 0:
+            raise ConfigError(f"run.feature_batches must be >= 0, got {self.feature_batches}")
 
 
 @dataclasses.dataclass

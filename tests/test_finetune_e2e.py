@@ -31,6 +31,10 @@ def test_finetune_reports_loaded_keys_and_writes_test_reports(finetuned):
     assert (out / "test_confusion.png").stat().st_size > 0
     epochs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [0, 1] and all("val_uar" in e for e in epochs)
+    assert all(e["features/encoder_std"] > 0 and e["features/head_input_norm"] > 0 for e in epochs)
+    release = json.loads((out / "release" / "config.json").read_text())
+    assert release["training"]["features"]["head_input"]["norm_last"] == epochs[-1]["features/head_input_norm"]
+    assert "## Feature health" in (out / "release" / "README.md").read_text()
 
 
 def test_predict_cli_on_the_finetuned_release(finetuned):

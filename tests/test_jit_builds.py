@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from _cli import cli_env, kill_tree, run
 from lgiformer.engine import ds

@@ -41,12 +41,16 @@ def _steps(out):
 
 def test_single_process_run_leaves_everything(tmp_path, synthetic):
     out = tmp_path / "run"
-    _pretrain(out, synthetic)
+    # 2 of the 8 videos held out: 6 train (3 steps of 2 per epoch), the held-out loss after epoch 2 and at the end
+    _pretrain(out, synthetic, "--eval.heldout_fraction", "0.25", "--eval.every", "2", "--eval.heldout_views", "2")
     epochs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [0, 1, 2]
     assert all(e["train_loss"] > 0 for e in epochs)
+    sites = {f"features/{s}_{k}" for s in ("encoder", "decoder", "head_input") for k in ("std", "norm")}
+    assert all(sites <= set(e) and all(e[k] > 0 for k in sites) for e in epochs)
+    assert ["heldout/loss" in e for e in epochs] == [False, True, False]
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("epoch"))
-    assert ckpts == ["epoch0001_step00000004", "epoch0002_step00000008", "epoch0003_step00000012"]
+    assert ckpts == ["epoch0001_step00000003", "epoch0002_step00000006", "epoch0003_step00000009"]
     assert (out / "config.yaml").is_file() and "effective_lr" in (out / "config.yaml").read_text()
     assert list((out / "images").glob("*.png")) and list((out / "tensorboard").iterdir())
     # the release: safetensors + config.json, and the same encoder outputs as the checkpoint's weights
@@ -56,7 +60,15 @@ def test_single_process_run_leaves_everything(tmp_path, synthetic):
     release = out / "release"
     config = json.loads((release / "config.json").read_text())
     assert config["format"] == "lgiformer-release" and config["model_args"]["embed_dim"] == 32
-    assert config["training"]["step"] == 12
+    assert config["training"]["step"] == 9
+    heldout = config["training"]["heldout"]
+    assert (heldout["videos"], heldout["clips"]) == (2, 4)
+    assert all(heldout[p]["loss"] > 0 for p in ("model", "visible_mean", "zero"))
+    assert set(heldout["wins"]) == {"visible_mean", "zero"} and all(0 <= w <= 1 for w in heldout["wins"].values())
+    assert config["training"]["features"]["encoder"]["std_last"] == epochs[-1]["features/encoder_std"]
+    card = (release / "README.md").read_text()
+    assert "## Held-out reconstruction" in card and "## Feature health" in card
+    assert (release / "heldout_reconstruction.png").stat().st_size > 0
     encoder = lgiformer.load_release(release)
     sd = read_fp32_state_dict(find_checkpoint(out))
     weights = load_file(str(release / "model.safetensors"))

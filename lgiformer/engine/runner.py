@@ -59,6 +59,7 @@ def _run(cfg: Any, task_cls: type[Task], env: DistEnv, logger: RunLogger) -> dic
     training = build_training(task.model, task.param_groups(), cfg.run, cfg.optim, env, logger, len(loader), cfg)
     checkpointer = Checkpointer(cfg.run.output_dir, keep_last=cfg.run.keep_last, is_main=env.is_main,
                                 keep_best_weights=task.select == "best_val")
+    task.begin(training)
     records = fit(training, cfg.run, cfg.optim, loader, task, checkpointer)
     model, selection = checkpointer.best.select(training.model, task.select, cfg.optim.epochs, f"val_{task.score}")
     result: dict[str, Any] = dict(epochs=records, selection=selection)
@@ -197,7 +198,9 @@ def fit(training: Training, run: RunConfig, optim: OptimConfig, loader, task: Ta
             bad = task.train_set.bad_samples.end_epoch(state.epoch, task.cfg.data.bad_sample_threshold)
             record["bad_samples_replaced"] = bad["bad"]
             logger.scalars({"bad_samples_replaced": bad["bad"]}, state.step, prefix="data/")
-            record.update(task.end_of_epoch(state.epoch))
+            extra = task.end_of_epoch(state.epoch, training)
+            record.update(extra)
+            logger.scalars(extra, state.step, prefix="")
             metrics = task.validate(training.model, state.epoch, training)
             if metrics is not None:
                 details = metrics.pop("details", None)

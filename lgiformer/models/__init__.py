@@ -12,7 +12,7 @@ from torch import nn
 from lgiformer.models.au import COMPOSITES, AUModel, ExpressionAUModel
 from lgiformer.models.base import VideoEncoder
 from lgiformer.models.lgiformer import LGIBlock, LGIFormer
-from lgiformer.models.mae import MaskedVideoAutoencoder
+from lgiformer.models.mae import MaskedVideoAutoencoder, init_pretrain_encoder
 from lgiformer.models.vit import VideoViT
 
 # Every encoder registered by this package's model files (timm keys its registry by the file's module name).
@@ -65,13 +65,16 @@ def build_model(name: str, model_args: Mapping[str, Any], where: str = "model_ar
 def build_pretrain_model(encoder: str, *, decoder_embed_dim: int = 384, decoder_depth: int = 4,
                          decoder_num_heads: int = 6, mask_type: str = "region_balanced", mask_ratio: float = 0.9,
                          targets: Sequence[str] = ("appearance", "motion"), motion_weight: float = 0.5,
+                         init: str = "reference", mask_rounding: str = "floor",
                          **encoder_kwargs: Any) -> MaskedVideoAutoencoder:
     """The masked autoencoder around an encoder built with no head and no pooling. Accepts ``norm_mean`` and
-    ``norm_std`` (ImageNet by default) for un-normalising the targets."""
+    ``norm_std`` (ImageNet by default) for un-normalising the targets. ``init`` and ``mask_rounding`` default to the
+    reference's behaviour (:mod:`lgiformer.models.mae`, :mod:`lgiformer.masking`)."""
     mae_kwargs = {k: encoder_kwargs.pop(k) for k in ("norm_mean", "norm_std") if k in encoder_kwargs}
     enc = create_model(encoder, num_classes=0, global_pool="", **encoder_kwargs)
+    init_pretrain_encoder(enc, init)
     return MaskedVideoAutoencoder(enc, decoder_embed_dim, decoder_depth, decoder_num_heads, mask_type, mask_ratio,
-                                  targets, motion_weight, **mae_kwargs)
+                                  targets, motion_weight, init=init, mask_rounding=mask_rounding, **mae_kwargs)
 
 
 def describe_model(model: nn.Module) -> str:

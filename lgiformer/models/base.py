@@ -72,6 +72,7 @@ class VideoEncoder(nn.Module):
     family: ClassVar[str] = ""
     poolings: ClassVar[tuple[str, ...]] = ()      # its own mean poolings
     no_decay: ClassVar[tuple[str, ...]] = ()      # parameters without weight decay (besides 1-D ones)
+    region_tokens: ClassVar[tuple[str, ...]] = ()  # learned representative tokens (docs/REFERENCE.md#defect-2)
     stem: ClassVar[str] = ""                      # group_matcher regex of what comes before the blocks
 
     def _record(self, model_args: dict[str, Any], pretrained_cfg: Any) -> None:

@@ -73,7 +73,8 @@ class LGIFormer(VideoEncoder):
 
     family = "lgiformer"
     poolings = ("region", "local", "all")
-    no_decay = ("lg_region_tokens",)
+    region_tokens = ("lg_region_tokens",)
+    no_decay = region_tokens
     stem = r"^(?:patch_embed|lg_region_tokens|pos_embed)"
 
     def __init__(self, img_size: int = 160, patch_size: int = 16, num_frames: int = 16, tubelet_size: int = 2,

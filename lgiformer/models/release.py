@@ -49,11 +49,14 @@ def encoder_args(model_name: str, model_args: Mapping[str, Any]) -> dict[str, An
 
 def write_release(model: nn.Module, out_dir: str | os.PathLike, *, task: str, source: Mapping[str, Any],
                   notes: str = "", state_dict: Mapping[str, torch.Tensor] | None = None, overwrite: bool = False,
+                  card: Mapping[str, str] | None = None, files: Mapping[str, str | os.PathLike] | None = None,
                   **extra: Any) -> Path:
     """Write ``model`` (it carries ``model_name`` and ``model_args``) as a release of ``task``.
 
     ``state_dict`` replaces the model's own weights (e.g. fp32 weights consolidated from a ZeRO checkpoint);
-    ``extra`` goes into config.json as is (``training``, ``class_names``, ``au_names``, ``data``, ``mean``/``std``)."""
+    ``extra`` goes into config.json as is (``training``, ``class_names``, ``au_names``, ``data``, ``mean``/``std``);
+    ``card`` adds model-card sections (title -> markdown) and ``files`` copies files into the release (name ->
+    source path), e.g. an image the card shows."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     out = Path(out_dir)
@@ -80,7 +83,12 @@ def write_release(model: nn.Module, out_dir: str | os.PathLike, *, task: str, so
                       input=dict(layout="B x C x T x H x W", shape=shape, mean=list(mean), std=list(std)),
                       source=dict(source), **extra, **code_version())
         (tmp / "config.json").write_text(json.dumps(config, indent=1) + "\n")
-        (tmp / "README.md").write_text(_model_card(config, out, notes))
+        for name, source_path in (files or {}).items():
+            if Path(name).name != name or name in ("model.safetensors", "config.json", "README.md"):
+                raise ValueError(f"files: {name!r} is not a plain file name of its own")
+            shutil.copyfile(source_path, tmp / name)
+            follow_umask(tmp / name)
+        (tmp / "README.md").write_text(_model_card(config, out, notes, card or {}))
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -90,7 +98,7 @@ def write_release(model: nn.Module, out_dir: str | os.PathLike, *, task: str, so
     return out
 
 
-def _model_card(config: dict, out: Path, notes: str) -> str:
+def _model_card(config: dict, out: Path, notes: str, card: Mapping[str, str]) -> str:
     what = {"pretrain": "encoder (no head), from masked-autoencoder pretraining",
             "dfer": "expression classifier", "au": "action unit detector (encoder + AU head)",
             "dfer_au": "expression classifier with an auxiliary AU head"}[config["task"]]
@@ -103,6 +111,8 @@ def _model_card(config: dict, out: Path, notes: str) -> str:
         lines += ["", "Classes: " + ", ".join(config["class_names"]) + "."]
     if config.get("au_names"):
         lines += ["", "Action units: " + ", ".join(config["au_names"]) + "."]
+    for title, text in card.items():
+        lines += ["", f"## {title}", "", text]
     if config.get("training"):
         lines += ["", "## Training", "", "```json", json.dumps(config["training"], indent=1), "```"]
     if notes:

@@ -213,10 +213,11 @@ class AUTask(FinetuneTask):
     def release(self, model: nn.Module, result: dict[str, Any], state_dict: dict[str, torch.Tensor] | None
                 ) -> tuple[nn.Module, dict[str, torch.Tensor] | None, dict[str, Any]]:
         a, metrics = self.cfg.au, self.test_metrics
+        features, card = self.feature_health(result)
         return model, None, dict(
             task=self.name, source=dict(format="lgiformer-finetune", file=str(self.output_dir),
                                         pretrained=self.cfg.model.pretrained),
             au_names=list(self.au_names), rates=[float(r) for r in self.rates], threshold=a.threshold,
-            smooth_window=a.smooth_window, data=self.data_settings,
+            smooth_window=a.smooth_window, data=self.data_settings, card=card,
             training=dict(dataset=self.spec.name, fold=self.cfg.data.fold, **result["selection"], head=a.head,
-                          loss=self.loss_name, test_mean_f1=metrics.get("mean_f1")))
+                          loss=self.loss_name, test_mean_f1=metrics.get("mean_f1"), **features))

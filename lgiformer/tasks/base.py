@@ -18,6 +18,7 @@ from lgiformer.data import check_inputs
 from lgiformer.distributed import DistEnv, broadcast_object
 from lgiformer.errors import InputError
 from lgiformer.optim import param_groups
+from lgiformer.tasks.features import FeatureMonitor, feature_card, feature_summary, find_encoder
 
 
 class Task:
@@ -34,6 +35,10 @@ class Task:
     train_set: Dataset
     collate_fn: Callable | None = None
     select: str = "last"
+    features: FeatureMonitor | None = None
+    feature_meaning: ClassVar[dict[str, str]] = {
+        "encoder": "the encoder's tokens before its final norm (what pooling and the head read)",
+        "head_input": "the head's input (for a pooled classifier: the pooled, normalised features)"}
 
     def __init__(self, cfg: Any, env: DistEnv, data_root: Path, logger: Any) -> None:
         self.cfg, self.env, self.data_root, self.logger = cfg, env, Path(data_root), logger
@@ -74,6 +79,33 @@ class Task:
         """``{"loss": scalar, ...}`` for a batch already on the device; every other scalar is logged too."""
         raise NotImplementedError
 
+    def begin(self, training: Any) -> None:
+        """Called once on every process before the first step: hooks the feature sites of the training model
+        (``run.feature_batches`` forwards per epoch; 0 turns it off)."""
+        batches = self.cfg.run.feature_batches
+        sites = self.feature_sites(training.model) if batches > 0 else {}
+        if sites:
+            self.features = FeatureMonitor(training.model, sites, batches)
+
+    def feature_sites(self, model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
+        """Where feature health is measured (:mod:`lgiformer.tasks.features`): the encoder's tokens before its final
+        norm (what a finetuned model pools) and the head's input."""
+        encoder = find_encoder(model)
+        sites = {"encoder": (encoder.norm, "input")}
+        head = getattr(model, "head", None)
+        head = encoder.head if head is None else head
+        if not isinstance(head, nn.Identity):
+            sites["head_input"] = (head, "input")
+        return sites
+
+    def feature_health(self, result: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        """(``{"features": summary}`` for the release's training summary, its model-card section) from the run's
+        epoch records; both empty when no features were measured."""
+        summary = feature_summary(result.get("epochs") or [])
+        if not summary:
+            return {}, {}
+        return {"features": summary}, {"Feature health": feature_card(summary, self.feature_meaning)}
+
     def on_step(self, training: Any, state: Any, batch: tuple) -> None:
         """Called after every micro-batch (every process: a forward under ZeRO 3 needs all of them)."""
 
@@ -82,9 +114,10 @@ class Task:
         with the best epoch's record), or None when none is due."""
         return None
 
-    def end_of_epoch(self, epoch: int) -> dict[str, Any]:
-        """Extra per-epoch figures for the epoch record (after the loop's own)."""
-        return {}
+    def end_of_epoch(self, epoch: int, training: Any) -> dict[str, float]:
+        """Extra per-epoch scalars (every process calls it): added to the epoch record and logged to TensorBoard
+        under their own names (``features/encoder_std``...)."""
+        return self.features.epoch_stats() if self.features is not None else {}
 
     def checkpoint_info(self) -> dict[str, Any]:
         """Plain data saved in every checkpoint's COMPLETE.json: what the weights are."""

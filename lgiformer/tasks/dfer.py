@@ -153,12 +153,13 @@ class DFERTask(FinetuneTask):
                 ) -> tuple[nn.Module, dict[str, torch.Tensor] | None, dict[str, Any]]:
         d, selection = self.cfg.data, result["selection"]
         metrics = self.test_metrics
+        features, card = self.feature_health(result)
         return model, None, dict(
             task=self.name, source=dict(format="lgiformer-finetune", file=str(self.output_dir),
                                         pretrained=self.cfg.model.pretrained),
-            class_names=self.class_names, **self.release_extra(),
+            class_names=self.class_names, **self.release_extra(), card=card,
             training=dict(dataset=self.spec.name, fold=d.fold, **selection, test_uar=metrics["uar"],
-                          test_war=metrics["war"], **self.release_training_extra(metrics)),
+                          test_war=metrics["war"], **self.release_training_extra(metrics), **features),
             data=dict(num_frames=self.frames, sampling_rate=self.stride, img_size=self.size,
                       test_num_clips=d.test_num_clips, test_num_crops=d.test_num_crops,
                       short_side_size=d.short_side_size))
