@@ -33,6 +33,7 @@ import torch
 
 from lgiformer.data import VideoClassificationDataset, VideoReadError, VideoSample, collate_readable
 from lgiformer.data.faces import FaceCropSettings, HaarFaceDetector, crop_to
+from lgiformer.errors import per_input_exit_code
 from lgiformer.explain import explain_clip
 from lgiformer.inference import predict as predict_loader
 from lgiformer.models.release import load_release, read_release_config
@@ -175,11 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: " + " ".join(str(err).split()), file=sys.stderr)
         return 2
     print(json.dumps(output, indent=1) if args.json else format_text(output, args.top or len(output["classes"])))
-    failed = sum("error" in r for r in output["results"])
-    if failed:
-        print(f"{failed} of {len(output['results'])} inputs could not be read (exit code 1)", file=sys.stderr)
-        return 1
-    return 0
+    return per_input_exit_code(output["results"])
 
 
 if __name__ == "__main__":

@@ -81,6 +81,23 @@ def test_single_process_run_leaves_everything(tmp_path, synthetic):
     again.load_state_dict({k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")})
     with torch.no_grad():
         torch.testing.assert_close(encoder.forward_features(clips), again.forward_features(clips))
+    # the decoder beside the encoder: the whole autoencoder of the checkpoint comes back, and visualize shows it
+    from lgiformer.models.release import load_masked_autoencoder
+
+    mae = load_masked_autoencoder(release)
+    assert mae.state_dict().keys() == sd.keys()
+    assert all(torch.equal(mae.state_dict()[k], v) for k, v in sd.items())
+    assert config["data"]["sampling_rate"] == 2 and config["decoder"]["mask_ratio"] == mae.masker.mask_ratio
+    video = sorted((synthetic / "unlabeled").rglob("*.mp4"))[0]
+    shown = run(["-m", "lgiformer.visualize", "--model", release, video, "--out", tmp_path / "vis", "--json"])
+    result = json.loads(shown.stdout)["results"][0]
+    assert Path(result["png"]).is_file() and result["losses"]["model"]["loss"] > 0
+    # the same release from the checkpoint, by the command
+    run(["-m", "lgiformer.release", "--checkpoint", out / "checkpoints", "--out", tmp_path / "again"])
+    assert load_masked_autoencoder(tmp_path / "again").state_dict().keys() == sd.keys()
+    run(["-m", "lgiformer.release", "--checkpoint", out / "checkpoints", "--out", tmp_path / "encoder_only",
+         "--without-decoder"])
+    assert not (tmp_path / "encoder_only" / "decoder.safetensors").exists()
 
 
 def test_two_processes_match_one_process(tmp_path, synthetic):

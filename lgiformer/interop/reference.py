@@ -221,12 +221,18 @@ def import_pretraining_model(path: str | os.PathLike, fmt: str = "mae-dfer", *, 
                              ) -> tuple[nn.Module, Imported]:
     """The whole masked autoencoder of a reference pretraining ``.pth`` (encoder with its final norm, decoder,
     mask token), to continue pretraining. ``fmt`` "mae-dfer" (appearance + motion targets, region-balanced
-    masking) or "videomae" (pixel target, tube masking). ``encoder_kwargs`` as for the encoder importers."""
-    family, defaults = {"mae-dfer": ("lgiformer", MAE_DFER_DEFAULTS), "videomae": ("vit", VIDEOMAE_DEFAULTS)}[fmt]
+    masking) or "videomae" (pixel target, tube masking), or "auto" (read from the weights: an LGI-Former is
+    MAE-DFER's, a ViT VideoMAE's). ``encoder_kwargs`` as for the encoder importers."""
+    formats = {"mae-dfer": ("lgiformer", MAE_DFER_DEFAULTS), "videomae": ("vit", VIDEOMAE_DEFAULTS)}
+    if fmt not in (*formats, "auto"):
+        raise ValueError(f"fmt must be one of {[*formats, 'auto']}, got {fmt!r}")
     ckpt = load_checkpoint(path)
     sd, _ = unwrap_state_dict(ckpt, checkpoint_key)
     if not is_pretraining(sd):
         raise ValueError(f"{path} is not a pretraining checkpoint (no decoder)")
+    if fmt == "auto":
+        fmt = "mae-dfer" if detect_family(sd) == "lgiformer" else "videomae"
+    family, defaults = formats[fmt]
     kwargs = {**dict(num_heads=None, img_size=None, num_frames=None, region_size=None), **encoder_kwargs}
     imported = _import_loaded(ckpt, path, fmt, expect=family, defaults=defaults, global_pool="",
                               checkpoint_key=checkpoint_key, **kwargs)

@@ -115,8 +115,8 @@ class MaskedVideoAutoencoder(nn.Module):
         self.motion_weight = motion_weight
         self.decoder_args = dict(decoder_embed_dim=decoder_embed_dim, decoder_depth=decoder_depth,
                                  decoder_num_heads=decoder_num_heads, mask_type=mask_type, mask_ratio=mask_ratio,
-                                 targets=list(self.targets), motion_weight=motion_weight, init=init,
-                                 mask_rounding=mask_rounding)
+                                 targets=list(self.targets), motion_weight=motion_weight, mlp_ratio=mlp_ratio,
+                                 norm_eps=norm_eps, init=init, mask_rounding=mask_rounding)
         self.encoder = encoder
         self.layout = encoder.layout
         self.masker = MaskGenerator(self.layout, mask_type, mask_ratio, mask_rounding)
@@ -203,37 +203,41 @@ class MaskedVideoAutoencoder(nn.Module):
 
     @torch.no_grad()
     def reconstruction_images(self, clips: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Frames [T, 3, H, W] in [0, 1] for the first clip: input, masked input, predicted appearance, predicted
-        and true motion (targets are per-token normalised, so predictions are shown re-scaled to the input's
-        per-token statistics)."""
+        """Frames [T', 3, H, W] in [0, 1] for the first clip: ``input``, ``masked`` input, then ``pred_<part>`` and
+        ``true_<part>`` for each target part. Visible tokens show their targets, masked tokens the predictions.
+
+        The targets are normalised per token, so they are shown in pixels again with the statistics of the input's
+        own tubelet (as MAE's and VideoMAE's visualisations do): ``true_appearance`` is then exactly the first frame
+        of every tubelet, and motion is the pixel difference of consecutive frames, mid-grey for no change
+        (``0.5 + difference / 2``)."""
         clips = clips[:1]
         if mask is None:
             mask = self.masker(1, clips.device)
         pred = self.predict(clips, mask).float()
-        target = self.build_targets(clips)
-        full = target.masked_scatter(mask.unsqueeze(-1), pred)
+        target = self.build_targets(clips).float()
+        predicted = self.layout.to_raster(target.masked_scatter(mask.unsqueeze(-1), pred))
+        target = self.layout.to_raster(target)
         mean, std = self.norm_mean.view(1, -1, 1, 1, 1), self.norm_std.view(1, -1, 1, 1, 1)
-        video = (clips.float() * std + mean).clamp(0, 1)
-        grid, t = self.layout.grid, self.tubelet_size
-        p, c = self.patch_size, clips.shape[1]
+        raw = clips.float() * std + mean  # the targets' pixels (lgiformer.targets.normalised_tubelets): unclamped
+        video = raw.clamp(0, 1)
+        grid, t, p, c = self.layout.grid, self.tubelet_size, self.patch_size, clips.shape[1]
+        tubelets = patchify(raw, t, p)
+        mu = tubelets.mean(dim=(2, 3, 4), keepdim=True)
+        sd = tubelets.var(dim=(2, 3, 4), unbiased=True, keepdim=True).sqrt() + 1e-6
 
-        def to_frames(tokens: torch.Tensor, frames: int) -> torch.Tensor:
-            tokens = self.layout.to_raster(tokens).view(1, -1, frames, p, p, c)
-            return unpatchify(tokens, grid)[0].transpose(0, 1)  # [T', 3, H, W]
+        def to_pixels(tokens: torch.Tensor, part: str) -> torch.Tensor:
+            tokens = tokens.view(*tokens.shape[:2], -1, p, p, c)
+            pixels = tokens * sd + (mu if part != "motion" else 0)
+            if part == "motion":
+                pixels = 0.5 + pixels / 2
+            return unpatchify(pixels, grid)[0].transpose(0, 1).clamp(0, 1)  # [T', 3, H, W]
 
         visible = (~self.layout.to_raster(mask, dim=1)).to(video.dtype).view(1, -1, 1, 1, 1, 1)
-        masked_video = unpatchify(patchify(video, t, p) * visible, grid)[0].transpose(0, 1)
-        images = {"input": video[0].transpose(0, 1), "masked": masked_video}
+        images = {"input": video[0].transpose(0, 1),
+                  "masked": unpatchify(patchify(video, t, p) * visible, grid)[0].transpose(0, 1)}
         offset = 0
         for part, size in self.target_sizes.items():
-            frames = size // (p * p * c)
-            pred_part, true_part = full[..., offset:offset + size], target[..., offset:offset + size]
+            images[f"pred_{part}"] = to_pixels(predicted[..., offset:offset + size], part)
+            images[f"true_{part}"] = to_pixels(target[..., offset:offset + size], part)
             offset += size
-            images[f"pred_{part}"] = _to_unit(to_frames(pred_part, frames))
-            images[f"true_{part}"] = _to_unit(to_frames(true_part, frames))
         return images
-
-
-def _to_unit(x: torch.Tensor) -> torch.Tensor:
-    """Map normalised values to [0, 1] for display (+-3 std onto the range)."""
-    return (x / 6 + 0.5).clamp(0, 1)

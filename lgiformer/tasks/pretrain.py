@@ -1,7 +1,8 @@
 """Masked video pretraining (MAE-DFER) behind ``pretrain/run.py``: its config schema and its task.
 
 The model draws the masks in the data loader (each sample's mask comes from (seed, epoch, index)), builds its own
-targets and computes its own loss; the task moves nothing but the batch. The release is the encoder.
+targets and computes its own loss; the task moves nothing but the batch. The release is the encoder, with the
+decoder beside it (``release.with_decoder``) for ``python -m lgiformer.visualize``.
 
 Pretraining follows the reference by default, and each place where it could differ is a named choice
 (docs/REFERENCE.md, "Departures"): ``model.init`` (``reference``: Xavier-uniform, as the reference's pretraining
@@ -33,6 +34,7 @@ from lgiformer.distributed import DistEnv
 from lgiformer.masking import MASK_ROUNDINGS, MASK_TYPES
 from lgiformer.models import MaskedVideoAutoencoder, build_pretrain_model, describe_model
 from lgiformer.models.mae import PRETRAIN_INITS
+from lgiformer.models.release import decoder_parts
 from lgiformer.optim import param_groups
 from lgiformer.tasks.base import Task
 
@@ -108,12 +110,19 @@ class PretrainEvalConfig:
 
 
 @dataclasses.dataclass
+class PretrainReleaseConfig:
+    with_decoder: bool = True                 # keep the decoder beside the encoder (decoder.safetensors) for
+                                              # python -m lgiformer.visualize; finetuning reads the encoder only
+
+
+@dataclasses.dataclass
 class PretrainConfig:
     model: PretrainModelConfig = dataclasses.field(default_factory=PretrainModelConfig)
     data: PretrainDataConfig = dataclasses.field(default_factory=PretrainDataConfig)
     optim: PretrainOptimConfig = dataclasses.field(default_factory=PretrainOptimConfig)
     eval: PretrainEvalConfig = dataclasses.field(default_factory=PretrainEvalConfig)
     run: RunConfig = dataclasses.field(default_factory=lambda: RunConfig(output_dir="output/pretrain"))
+    release: PretrainReleaseConfig = dataclasses.field(default_factory=PretrainReleaseConfig)
     release_dir: str = ""                     # "" : <output_dir>/release; "none": no release at the end
 
     def validate(self) -> None:
@@ -264,9 +273,9 @@ class PretrainTask(Task):
     def checkpoint_info(self) -> dict[str, Any]:
         m, d = self.cfg.model, self.cfg.data
         encoder = self.model.encoder
-        return dict(model_name=encoder.model_name, model_args=encoder.model_args,
+        return dict(model_name=encoder.model_name, model_args=encoder.model_args, decoder=self.model.decoder_args,
                     mean=list(self.model.norm_mean.tolist()), std=list(self.model.norm_std.tolist()),
-                    config=to_dict(self.cfg),
+                    config=to_dict(self.cfg), data=dict(dataset=d.dataset, sampling_rate=d.sampling_rate),
                     summary=dict(dataset=d.dataset, clips=len(self.train_set), mask_type=m.mask_type,
                                  mask_ratio=m.mask_ratio, mask_rounding=m.mask_rounding, init=m.init,
                                  decay_region_tokens=self.cfg.optim.decay_region_tokens, targets=m.targets))
@@ -307,6 +316,8 @@ class PretrainTask(Task):
         if state_dict is not None:  # ZeRO 3: the consolidated weights of the last checkpoint
             weights = {k[len("encoder."):]: v for k, v in state_dict.items() if k.startswith("encoder.")}
         info = self.checkpoint_info()
+        decoder = decoder_parts(info["decoder"], state_dict if state_dict is not None else self.model.state_dict()) \
+            if self.cfg.release.with_decoder else {}
         last_record = records[-1] if records else {}
         features, card = self.feature_health(result)
         files = {}
@@ -320,7 +331,7 @@ class PretrainTask(Task):
                         **features)
         return self.model.encoder, weights, dict(
             task="pretrain", source=dict(format="lgiformer-pretrain-run", file=str(self.output_dir)),
-            training=training, mean=info["mean"], std=info["std"], card=card, files=files,
+            training=training, mean=info["mean"], std=info["std"], data=info["data"], card=card, files=files, **decoder,
             notes="Encoder of a masked-autoencoder pretraining run; finetune it with finetune/run.py "
                   "--model.pretrained <this folder>.")
 
