@@ -9,7 +9,6 @@ encoder only). Finetuning runs write their release themselves, from the selected
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import os
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from lgiformer.engine.checkpointer import find_checkpoint, read_client_state, read_fp32_state_dict
 from lgiformer.models import build_model
-from lgiformer.models.mae import MaskedVideoAutoencoder
+from lgiformer.models.mae import DECODER_ARGS
 from lgiformer.models.release import IMAGENET_MEAN, IMAGENET_STD, decoder_parts, write_release
 
 log = logging.getLogger(__name__)
@@ -52,8 +51,7 @@ def _decoder_args(state: dict) -> dict:
     (its model section holds them under the same names)."""
     if "decoder" in state:
         return dict(state["decoder"])
-    accepted = set(inspect.signature(MaskedVideoAutoencoder.__init__).parameters) - {"self", "encoder"}
-    return {k: v for k, v in state.get("config", {}).get("model", {}).items() if k in accepted}
+    return {k: v for k, v in state.get("config", {}).get("model", {}).items() if k in DECODER_ARGS}
 
 
 def main(argv: list[str] | None = None) -> int:

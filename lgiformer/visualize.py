@@ -41,8 +41,8 @@ from lgiformer.data import Unreadable, VideoClassificationDataset, VideoSample
 from lgiformer.errors import per_input_exit_code
 from lgiformer.interop import import_pretraining_model
 from lgiformer.models import MaskedVideoAutoencoder
+from lgiformer.models.mae import PREDICTORS
 from lgiformer.models.release import load_masked_autoencoder, read_release_config
-from lgiformer.tasks.pretrain import PREDICTORS
 
 __all__ = ["ROW_TITLES", "load_pretraining_model", "main", "render", "run"]
 

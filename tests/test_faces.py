@@ -134,3 +134,16 @@ def test_write_crops_is_atomic_and_readable(tmp_path):
     video = faces.write_crops(frames, tmp_path / "clip.mp4", "mp4")
     assert len(open_video(video)) == 5 and len(open_video(folder)) == 5
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []   # no temporary left
+
+
+def test_crop_folders_follow_the_umask(tmp_path):
+    """Not private (tempfile.mkdtemp's 0700): crops are shared on a cluster like any other output."""
+    import os
+
+    frames = np.zeros((2, 32, 32, 3), np.uint8)
+    old = os.umask(0o022)
+    try:
+        folder = faces.write_crops(frames, tmp_path / "clip", "frames")
+    finally:
+        os.umask(old)
+    assert folder.stat().st_mode & 0o777 == 0o755

@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -44,6 +42,7 @@ import numpy as np
 
 from lgiformer.data.readers import FrameFolderReader, VideoReadError
 from lgiformer.data.synthetic.writers import write_frames, write_mp4
+from lgiformer.provenance import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -296,15 +295,8 @@ def write_crops(frames: np.ndarray, out: str | os.PathLike, fmt: str = "frames",
     if fmt == "mp4":
         write_mp4(out, frames, fps=max(1, round(fps)), crf=18)
         return out
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         write_frames(tmp, frames, jpeg_quality)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -16,6 +16,7 @@ fresh encoder, as ``lgiformer.models.build_pretrain_model`` does.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Sequence
 
@@ -33,6 +34,8 @@ from lgiformer.tokens import patchify, sinusoid_table, unpatchify
 
 
 PRETRAIN_INITS = ("reference", "trunc_normal")
+# The predictors of MaskedVideoAutoencoder.heldout_losses, with the names reports give them.
+PREDICTORS = {"model": "this release", "visible_mean": "mean of the visible patches", "zero": "zero (no motion)"}
 
 
 def _xavier_init(m: nn.Module) -> None:
@@ -241,3 +244,9 @@ class MaskedVideoAutoencoder(nn.Module):
             images[f"true_{part}"] = to_pixels(target[..., offset:offset + size], part)
             offset += size
         return images
+
+
+# What a release's ``decoder`` entry may hold: the autoencoder's arguments besides the encoder and the normalisation
+# (the release's ``input`` gives that).
+DECODER_ARGS = frozenset(inspect.signature(MaskedVideoAutoencoder.__init__).parameters) - {"self", "encoder",
+                                                                                            "norm_mean", "norm_std"}

@@ -20,11 +20,9 @@ written by lgiformer 0.1) load unchanged: their task is read from their head.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -34,7 +32,8 @@ from torch import nn
 
 from lgiformer.models import MaskedVideoAutoencoder, build_model
 from lgiformer.models.au import COMPOSITES
-from lgiformer.provenance import code_version, follow_umask
+from lgiformer.models.mae import DECODER_ARGS
+from lgiformer.provenance import atomic_directory, code_version, follow_umask
 
 FORMAT = "lgiformer-release"
 FORMAT_VERSION = 2
@@ -70,10 +69,7 @@ def write_release(model: nn.Module, out_dir: str | os.PathLike, *, task: str, so
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True / --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()  # with the user's umask (tempfile.mkdtemp would make it private)
-    try:
+    with atomic_directory(out) as tmp:
         sd = _plain_fp32(state_dict if state_dict is not None else model.state_dict())
         expected = set(model.state_dict())
         if set(sd) != expected:
@@ -100,12 +96,6 @@ def write_release(model: nn.Module, out_dir: str | os.PathLike, *, task: str, so
             shutil.copyfile(source_path, tmp / name)
             follow_umask(tmp / name)
         (tmp / "README.md").write_text(_model_card(config, out, notes, card or {}))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -185,9 +175,12 @@ def read_release_config(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_release(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
     """The model stored in a release directory, in eval mode, ready for ``model(clips)``."""
-    config = read_release_config(path)
-    model = build_model(config["model_name"], config["model_args"], str(Path(path) / "config.json"))
-    model.load_state_dict(load_file(str(Path(path) / "model.safetensors"), device=str(map_location)), strict=True)
+    return _load_model(Path(path), read_release_config(path), map_location)
+
+
+def _load_model(path: Path, config: dict[str, Any], map_location: str | torch.device) -> nn.Module:
+    model = build_model(config["model_name"], config["model_args"], str(path / "config.json"))
+    model.load_state_dict(load_file(str(path / "model.safetensors"), device=str(map_location)), strict=True)
     return model.eval()
 
 
@@ -205,12 +198,10 @@ def load_masked_autoencoder(path: str | os.PathLike, map_location: str | torch.d
                          "release.with_decoder true (pretrain/run.py, the default), `python -m lgiformer.release "
                          "--checkpoint RUN/checkpoints`, or convert the reference's pretraining checkpoint")
     args = config["decoder"]
-    accepted = set(inspect.signature(MaskedVideoAutoencoder.__init__).parameters) - {"self", "encoder", "norm_mean",
-                                                                                       "norm_std"}
-    if not isinstance(args, Mapping) or set(args) - accepted:
-        raise ValueError(f"{path / 'config.json'}: decoder: expected arguments among {sorted(accepted)}, got "
+    if not isinstance(args, Mapping) or set(args) - DECODER_ARGS:
+        raise ValueError(f"{path / 'config.json'}: decoder: expected arguments among {sorted(DECODER_ARGS)}, got "
                          f"{sorted(args) if isinstance(args, Mapping) else args!r}")
-    encoder = load_release(path, map_location)
+    encoder = _load_model(path, config, map_location)
     model = MaskedVideoAutoencoder(encoder, **args, norm_mean=config["input"]["mean"], norm_std=config["input"]["std"])
     missing, unexpected = model.load_state_dict(load_file(str(path / DECODER_FILE), device=str(map_location)),
                                                 strict=False)

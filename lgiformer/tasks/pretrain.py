@@ -33,7 +33,7 @@ from lgiformer.data import VideoPretrainDataset, build_loader, collate_repeated,
 from lgiformer.distributed import DistEnv
 from lgiformer.masking import MASK_ROUNDINGS, MASK_TYPES
 from lgiformer.models import MaskedVideoAutoencoder, build_pretrain_model, describe_model
-from lgiformer.models.mae import PRETRAIN_INITS
+from lgiformer.models.mae import PREDICTORS, PRETRAIN_INITS
 from lgiformer.models.release import decoder_parts
 from lgiformer.optim import param_groups
 from lgiformer.tasks.base import Task
@@ -41,7 +41,6 @@ from lgiformer.tasks.base import Task
 log = logging.getLogger("lgiformer")
 
 HELDOUT_SEED = 0  # the held-out windows, crops and masks: the same in every run, whatever run.seed
-PREDICTORS = {"model": "this release", "visible_mean": "mean of the visible patches", "zero": "zero (no motion)"}
 
 
 @dataclasses.dataclass
